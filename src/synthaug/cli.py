@@ -1,0 +1,181 @@
+"""The ``synthaug`` command: one sub-command per stage, ``run`` for a whole experiment, and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from synthaug.config import ConfigError, ExperimentConfig, load_config
+
+
+def _demo_config() -> Path:
+    return Path(str(resources.files("synthaug") / "configs" / "demo.yaml"))
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo)")
+    else:
+        p.add_argument("config", help="experiment YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable; values parsed as YAML)")
+
+
+def _load(args) -> ExperimentConfig:
+    return load_config(args.config or _demo_config(), args.overrides)
+
+
+def _experiment(args):
+    from synthaug.experiment import Experiment
+
+    return Experiment(_load(args))
+
+
+def cmd_stats(args) -> None:
+    exp = _experiment(args)
+    stats = exp.stats()
+    print(stats.format())
+    print(f"\nBar chart: {exp.dir / 'data' / 'class_counts.png'}")
+    if exp.splits.train.skipped:
+        print(f"Skipped {len(exp.splits.train.skipped)} bad image(s):")
+        for s in exp.splits.train.skipped:
+            print(f"  {s}")
+
+
+def cmd_generate(args) -> None:
+    exp = _experiment(args)
+    store = exp.synthetic()
+    print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
+
+
+def _selected_arms(exp, names):
+    known = [a.name for a in exp.cfg.arms]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"Unknown arm(s) {unknown}; arms in this config: {known}")
+    return [a for a in exp.cfg.arms if not names or a.name in names]
+
+
+def cmd_train(args) -> None:
+    exp = _experiment(args)
+    for arm in _selected_arms(exp, args.arm):
+        for seed in exp.cfg.seeds:
+            done = exp.train_arm(arm, seed)
+            print(f"{arm.name} seed {seed}: test accuracy {100 * done['accuracy']:.1f}%  ({exp.dir / done['folder']})")
+
+
+def cmd_evaluate(args) -> None:
+    from synthaug.report.tables import build_report
+
+    exp = _experiment(args)
+    exp.stats()
+    exp.evaluate()
+    print(build_report(exp, None)["markdown"])
+
+
+def cmd_run(args) -> None:
+    from synthaug.experiment import Experiment
+
+    cfg = _load(args)
+    exp = Experiment(cfg)
+    names = set(args.arm)
+    if names:
+        _selected_arms(exp, list(names))
+    report = exp.run(only=(lambda a: a.name in names) if names else None)
+    print()
+    print(report["markdown"])
+    print(f"Run folder: {exp.dir}  (report: {exp.dir / 'report' / 'results.md'})")
+
+
+def cmd_model_summary(args) -> None:
+    from synthaug.experiment import Experiment
+    from synthaug.train import create_classifier, parameter_counts
+    from synthaug.train.loop import image_size_of
+
+    exp = Experiment(_load(args))
+    schema, train = exp.splits.schema, exp.splits.train
+    for arm in _selected_arms(exp, args.arm):
+        tcfg = exp.cfg.arm_train(arm)
+        model = create_classifier(tcfg.model, schema, train.channels)
+        trainable, total = parameter_counts(model)
+        size = tcfg.image_size or image_size_of(train)
+        print(f"{arm.name}: {tcfg.model.name} (freeze={tcfg.model.freeze}, head={tcfg.model.head_hidden}) on "
+              f"{train.channels}×{size}×{size}, outputs {schema.group_sizes}: "
+              f"{trainable:,} trainable / {total:,} total parameters")
+
+
+def cmd_list(args) -> None:
+    import synthaug.generators  # noqa: F401  (registers generators)
+    from synthaug.data.sources import SOURCES
+    from synthaug.generators import GENERATORS
+    from synthaug.train.augment import AUGMENTS
+    from synthaug.train.losses import LOSSES
+    from synthaug.train.mixing import MIXING
+
+    registries = {"generators": GENERATORS, "losses": LOSSES, "mixing": MIXING, "augment": AUGMENTS,
+                  "sources": SOURCES}
+    for kind in [args.kind] if args.kind else registries:
+        print(f"{kind}: {', '.join(registries[kind].names())}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthaug", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stats", help="class counts, imbalance ratio, many/medium/few groups, bar chart")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("generate", help="fit the generator (if needed) and fill the synthetic store")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("train", help="train the classifier arms (all, or --arm NAME ...)")
+    _add_config_args(p)
+    p.add_argument("--arm", action="append", default=[], help="train only this arm (repeatable)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="evaluate trained classifiers on the test split and print the table")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("run", help="run a whole experiment (skips finished stages, resumes interrupted ones)")
+    _add_config_args(p)
+    p.add_argument("--arm", action="append", default=[], help="run only this arm (repeatable)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="the built-in experiment: MNIST-LT (ρ=100) + class-conditional DDPM")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_run, config=None, arm=[])
+    p = sub.add_parser("model-summary", help="trainable / total parameter counts of each arm's classifier")
+    _add_config_args(p)
+    p.add_argument("--arm", action="append", default=[])
+    p.set_defaults(func=cmd_model_summary)
+    p = sub.add_parser("list", help="registered generators, losses, mixing strategies, presets, sources")
+    p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "sources"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        from synthaug.data.sources import DataError
+        from synthaug.experiment import StageMismatch
+        from synthaug.store import StoreError
+
+        if isinstance(e, (ConfigError, DataError, StageMismatch, StoreError, FileNotFoundError, KeyError)) or \
+                type(e) is ValueError:
+            print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Experiment configuration: YAML → pydantic models, validated once, with errors that name the field.
+
+``load_config(path, overrides=["train.epochs=3", "arms.0.train.lr=0.01"])`` applies ``--set`` overrides
+(values parsed as YAML) before validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthaug.data.sources import SOURCES
+from synthaug.train.loop import TrainConfig
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names each bad field and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LongTailConfig(_Strict):
+    imbalance_ratio: float = Field(100.0, ge=1)  # ρ = n_max / n_min
+    class_order: str | list[str] | None = None  # None/"natural", "reverse", "random", or names head → tail
+    n_max: int | None = Field(None, ge=1)  # head-class count; None = the smallest class's size
+
+
+class ShotConfig(_Strict):
+    many: int = 100  # many-shot: more than this many training images
+    few: int = 20  # few-shot: fewer than this many
+
+
+class DataConfig(_Strict):
+    source: str = "mnist5k"  # mnist5k, digits, imagefolder, manifest
+    root: str | None = None  # imagefolder: root/<class>/<image> (or root/{train,val,test}/<class>/...)
+    manifest: str | None = None  # manifest: CSV/TSV/JSONL file; relative image paths resolve against its folder
+    image_column: str = "image"
+    label_columns: list[str] = Field(default_factory=lambda: ["label"])
+    classes: dict[str, list[str]] | list[str] | None = None  # declared classes (else inferred, sorted)
+    split_column: str = "split"
+    mode: Literal["L", "RGB"] = "RGB"  # user data: PIL mode images are converted to
+    on_bad_image: Literal["error", "skip"] = "error"
+    test_per_class: int | None = Field(None, ge=1)  # held-out test images per class (None: the source's default)
+    val_per_class: int | None = Field(None, ge=0)
+    split_seed: int = 0  # fixed split seed, independent of the experiment seed
+    longtail: LongTailConfig | None = None  # subsample the training split to a long-tailed profile
+    shots: ShotConfig = Field(default_factory=ShotConfig)
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v):
+        SOURCES.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.source == "imagefolder" and not self.root:
+            raise ValueError("data.source 'imagefolder' needs data.root")
+        if self.source == "manifest" and not self.manifest:
+            raise ValueError("data.source 'manifest' needs data.manifest")
+        return self
+
+    def loader_options(self) -> dict[str, Any]:
+        opts = {"split_seed": self.split_seed}
+        if self.test_per_class is not None:
+            opts["test_per_class"] = self.test_per_class
+        if self.val_per_class is not None:
+            opts["val_per_class"] = self.val_per_class
+        if self.source == "imagefolder":
+            opts |= {"root": self.root, "classes": self.classes, "mode": self.mode, "on_bad_image": self.on_bad_image}
+        if self.source == "manifest":
+            opts |= {"manifest": self.manifest, "image_column": self.image_column, "classes": self.classes,
+                     "label_columns": self.label_columns, "split_column": self.split_column, "mode": self.mode,
+                     "on_bad_image": self.on_bad_image}
+        return opts
+
+
+class GeneratorSection(_Strict):
+    name: str = "ddpm"  # a registered generator (`synthaug list generators`)
+    params: dict[str, Any] = Field(default_factory=dict)  # that generator's config
+
+    @model_validator(mode="after")
+    def _valid(self):
+        from synthaug.generators import generator_config
+
+        generator_config(self.name, self.params)
+        return self
+
+
+class PlanConfig(_Strict):
+    strategy: Literal["balance", "fixed", "ratio"] = "balance"
+    target: int | None = Field(None, ge=0)  # balance: fill every class up to this (None: the largest class)
+    counts: dict[str, int] = Field(default_factory=dict)  # fixed: {class name: images}
+    ratio: float = Field(1.0, ge=0)  # ratio: synthetic = ratio × real per class
+    batch_size: int = Field(64, ge=1)  # generation batch size (does not change any image)
+
+
+class PseudoConfig(_Strict):
+    classifier_arm: str = "real-ce"  # the real-only arm whose classifier labels unconditional samples
+    count: int | None = Field(None, ge=1)  # None: as many as the generation plan (the control's "same count")
+
+
+class ArmConfig(_Strict):
+    name: str
+    synthetic: Literal["none", "generated", "pseudo"] = "none"  # which synthetic set the arm may use
+    train: dict[str, Any] = Field(default_factory=dict)  # overrides of the top-level train section
+
+
+class JudgeConfig(_Strict):
+    enabled: bool = True  # check synthetic labels with a classifier trained on the balanced real pool
+    epochs: int = 5
+
+
+DEFAULT_ARMS = [
+    {"name": "real-ce", "train": {"loss": "ce", "mixing": "real-only"}},
+    {"name": "real-bsm", "train": {"loss": "balanced-softmax", "mixing": "real-only"}},
+    {"name": "oversample", "train": {"loss": "ce", "mixing": "oversample"}},
+    {"name": "synth-combined", "synthetic": "generated", "train": {"loss": "ce", "mixing": "combined"}},
+    {"name": "synth-balanced-batch", "synthetic": "generated", "train": {"loss": "ce", "mixing": "balanced-batch"}},
+    {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"loss": "ce", "mixing": "combined"}},
+]
+
+SYNTHETIC_MIXINGS = {"combined", "balanced-batch", "rsp", "two-phase"}
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0  # data subsampling, generator training, plan item seeds
+    seeds: list[int] = Field(default_factory=lambda: [0])  # classifier seeds (mean ± std over these)
+    output_dir: str = "runs"
+    device: str = "auto"
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    arms: list[ArmConfig] = Field(default_factory=lambda: [ArmConfig(**a) for a in DEFAULT_ARMS])
+
+    @model_validator(mode="after")
+    def _arms_valid(self):
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        for i, arm in enumerate(self.arms):
+            cfg = self.arm_train(arm, where=f"arms.{i}.train")
+            if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_MIXINGS:
+                raise ValueError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
+                                 "synthetic: generated or pseudo")
+        if any(a.synthetic == "pseudo" for a in self.arms) and self.pseudo.classifier_arm not in names:
+            raise ValueError(f"pseudo.classifier_arm {self.pseudo.classifier_arm!r} is not an arm; arms: {names}")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        return self
+
+    def arm_train(self, arm: ArmConfig, where: str = "train") -> TrainConfig:
+        """The arm's training config: the top-level ``train`` section with the arm's overrides."""
+        merged = _deep_merge(self.train.model_dump(), arm.train)
+        try:
+            return TrainConfig(**merged)
+        except ValidationError as e:
+            raise ValueError(_format_errors(e, where)) from None
+
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"No arm {name!r}; arms: {[a.name for a in self.arms]}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_errors(e: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        parts.append(f"  {loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(parts)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Applies one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[int(p)]
+            continue
+        if p not in node or node[p] is None:
+            node[p] = [] if nxt.isdigit() else {}
+        node = node[p]
+    last = parts[-1]
+    parsed = yaml.safe_load(value)
+    if isinstance(node, list):
+        node[int(last)] = parsed
+    else:
+        node[last] = parsed
+
+
+def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> ExperimentConfig:
+    raw = copy.deepcopy(raw or {})
+    for o in overrides:
+        if o.split("=", 1)[0].startswith("arms.") and "arms" not in raw:
+            raw["arms"] = copy.deepcopy(DEFAULT_ARMS)
+        apply_override(raw, o)
+    try:
+        return ExperimentConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(f"Invalid config {source}:\n{_format_errors(e)}") from None
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"Invalid config {source}: {e}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Reads a YAML experiment config (``yaml.safe_load``), applies overrides, validates."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} not found.")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}.")
+    return build_config(raw or {}, overrides, source=str(path))
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able config parts (decides whether a finished stage is still valid)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

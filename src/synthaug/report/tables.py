@@ -1,0 +1,93 @@
+"""Result tables: one row per arm, mean ± std over seeds, as Markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from synthaug.utils import read_json, write_json
+
+if TYPE_CHECKING:
+    from synthaug.experiment import Experiment
+
+COLUMNS = ["overall", "many", "medium", "few"]
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _fmt(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
+def collect_rows(exp: "Experiment") -> list[dict[str, Any]]:
+    """Per arm: the metric columns over the seeds that have finished."""
+    rows = []
+    for arm in exp.cfg.arms:
+        tcfg = exp.cfg.arm_train(arm)
+        per_seed = []
+        for seed in exp.cfg.seeds:
+            path = exp.dir / "train" / arm.name / f"seed{seed}" / "metrics.json"
+            if path.is_file():
+                per_seed.append(read_json(path))
+        if not per_seed:
+            continue
+        row = {"arm": arm.name, "loss": tcfg.loss, "mixing": tcfg.mixing, "synthetic": arm.synthetic,
+               "seeds": len(per_seed)}
+        for col in COLUMNS:
+            if col == "overall":
+                values = [m["accuracy"] for m in per_seed]
+            else:  # shot groups of the first label group (mean per-class accuracy)
+                values = [next(iter(m["groups"].values()))["shots"][col] for m in per_seed]
+            row[col], row[f"{col}_std"] = _mean_std(values)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| arm | loss | mixing | synthetic | " + " | ".join(f"{c} (%)" for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
+    for r in rows:
+        cells = [_fmt(r[c], r[f"{c}_std"], r["seeds"]) for c in COLUMNS]
+        lines.append(f"| {r['arm']} | {r['loss']} | {r['mixing']} | {r['synthetic']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_report(exp: "Experiment", judge: dict | None = None) -> dict[str, Any]:
+    """Writes ``report/results.md``, ``results.csv``, ``summary.json`` and plots; returns the summary."""
+    folder = exp.dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = collect_rows(exp)
+    stats = read_json(exp.dir / "data" / "stats.json")["groups"][0]
+    shots = stats["shot_groups"]
+    md = [f"# {exp.cfg.name}", "",
+          f"Training images per class: {stats['counts']} (imbalance ratio {stats['imbalance_ratio']:.0f}); "
+          f"many-shot {shots['many']}, medium {shots['medium']}, few {shots['few']}. "
+          f"Test: {len(exp.splits.test)} images. Seeds: {exp.cfg.seeds} (mean ± sample std).", "",
+          markdown_table(rows)]
+    if judge and judge.get("synthetic_label_accuracy"):
+        per_class = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in judge["synthetic_label_accuracy"].items())
+        md += ["", f"Synthetic images recognised as their intended class by a classifier trained on the balanced "
+                   f"real pool (test accuracy {100 * judge['judge_test_accuracy']:.1f}%): {per_class}."]
+    text = "\n".join(md) + "\n"
+    (folder / "results.md").write_text(text)
+    with open(folder / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"rows": rows, "judge": judge, "markdown": text}
+    write_json(folder / "summary.json", summary)
+    if rows:
+        from synthaug.report.plots import per_class_accuracy_plot
+
+        per_class_accuracy_plot(exp, folder / "per_class_accuracy.png")
+    return summary

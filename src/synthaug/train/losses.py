@@ -1,0 +1,90 @@
+"""Classification losses over one or more label groups, registered by name.
+
+Every loss is cross-entropy per label group on that group's slice of the logits, summed over groups;
+single-label data is the one-group case.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthaug.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+
+class GroupedLoss(nn.Module):
+    """Base: ``forward(logits (B, Σ C_g), labels (B, G)) -> scalar``; subclasses adjust per-group terms."""
+
+    def __init__(self, class_counts: Sequence[np.ndarray], *, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), but got {label_smoothing=}.")
+        self.group_sizes = [len(c) for c in class_counts]
+        self.label_smoothing = label_smoothing
+
+    def group_term(self, g: int, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dtype.is_floating_point:  # soft targets (MixUp/CutMix): (B, Σ C_g) probabilities
+            parts = zip(torch.split(logits, self.group_sizes, 1), torch.split(labels, self.group_sizes, 1))
+        else:
+            parts = zip(torch.split(logits, self.group_sizes, 1), labels.unbind(1))
+        return sum(self.group_term(g, lg, t) for g, (lg, t) in enumerate(parts))
+
+
+@LOSSES.register("ce")
+class CrossEntropy(GroupedLoss):
+    """Plain cross-entropy (with optional label smoothing)."""
+
+
+@LOSSES.register("weighted-ce")
+class WeightedCrossEntropy(GroupedLoss):
+    """Cross-entropy with class weights w_i = k / N_i (N_i = training images of class i).
+
+    With PyTorch's weighted mean reduction the constant k cancels in the loss value's scale per batch;
+    it is kept so the weights match the formula a study reports (e.g. k = 250/11).
+    """
+
+    def __init__(self, class_counts, *, label_smoothing: float = 0.0, weight_k: float = 1.0):
+        super().__init__(class_counts, label_smoothing=label_smoothing)
+        for g, w in enumerate(class_weights(class_counts, weight_k)):
+            self.register_buffer(f"weight_{g}", w)
+
+    def group_term(self, g, logits, target):
+        return F.cross_entropy(logits, target, weight=getattr(self, f"weight_{g}"),
+                               label_smoothing=self.label_smoothing)
+
+
+@LOSSES.register("balanced-softmax")
+class BalancedSoftmax(GroupedLoss):
+    """Balanced Softmax (Ren et al., NeurIPS 2020): cross-entropy on logits + log prior(class).
+
+    Training against the label prior makes the plain logits estimate a class-balanced posterior at test time.
+    """
+
+    def __init__(self, class_counts, *, label_smoothing: float = 0.0):
+        super().__init__(class_counts, label_smoothing=label_smoothing)
+        for g, counts in enumerate(class_counts):
+            prior = torch.as_tensor(np.maximum(np.asarray(counts, dtype=np.float64), 1.0))
+            self.register_buffer(f"log_prior_{g}", torch.log(prior / prior.sum()).float())
+
+    def group_term(self, g, logits, target):
+        return F.cross_entropy(logits + getattr(self, f"log_prior_{g}"), target,
+                               label_smoothing=self.label_smoothing)
+
+
+def class_weights(class_counts: Sequence[np.ndarray], k: float = 1.0) -> list[torch.Tensor]:
+    """w_i = k / N_i per label group (classes with no images get the weight of a class with one)."""
+    return [torch.as_tensor(k / np.maximum(np.asarray(c, dtype=np.float64), 1.0)).float() for c in class_counts]
+
+
+def create_loss(name: str, class_counts: Sequence[np.ndarray], **options) -> GroupedLoss:
+    """Builds the loss registered as ``name`` ("ce", "weighted-ce", "balanced-softmax")."""
+    return LOSSES.get(name)(class_counts, **options)

@@ -1,0 +1,147 @@
+"""Classifiers: a small CNN for 28×28 digits and any timm backbone, with an MLP head whose logits are
+sliced per label group (multi-head, multi-label)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import timm
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from synthaug.data.schema import LabelSchema
+
+log = logging.getLogger(__name__)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = "small-cnn"  # "small-cnn" or any timm model name (see timm.list_models())
+    pretrained: bool = False  # load ImageNet weights through timm (needs them cached or reachable)
+    head_hidden: list[int] = Field(default_factory=list)  # hidden sizes of the MLP head, e.g. [512, 128]
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each head layer
+    freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
+    trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
+    drop_rate: float = Field(0.0, ge=0, lt=1)  # small-cnn: dropout before its classifier
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and global pooling: ~0.1 M parameters, enough for digits."""
+
+    def __init__(self, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+                                 nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+                                 nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(block(in_chans, width), block(width, 2 * width),
+                                      nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(True),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate))
+        self.num_features = 4 * width
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class Classifier(nn.Module):
+    """Backbone → MLP head → one logit per class of every label group (sliced per group by the losses)."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, schema: LabelSchema, head_hidden=(), dropout=0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.group_sizes = schema.group_sizes
+        layers, width = [], num_features
+        for h in head_hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(width, h), nn.ReLU(True)]
+            width = h
+        layers += [nn.Dropout(dropout), nn.Linear(width, schema.num_outputs)]
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def split_logits(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(logits, self.group_sizes, dim=1))
+
+
+def _freeze(model: Classifier, config: ModelConfig) -> None:
+    if config.freeze == "none":
+        return
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    if config.freeze == "all-but-last" and config.trainable_stages > 0:
+        info = getattr(model.backbone, "feature_info", None)
+        if info is None:
+            raise ValueError(f"Model {config.name!r} exposes no stages (timm feature_info); use freeze 'none' "
+                             "or 'all-but-head'.")
+        stages = [f["module"] for f in info][-config.trainable_stages:]
+        for name, module in model.backbone.named_modules():
+            if name in stages:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+
+
+def create_classifier(config: ModelConfig, schema: LabelSchema, in_chans: int) -> Classifier:
+    """Builds the classifier; timm names accept ``pretrained`` (weights must be available locally).
+
+    Raises:
+        ValueError: an unknown model name (with close matches), or pretrained weights that cannot be loaded.
+    """
+    if config.name == "small-cnn":
+        backbone = SmallCNN(in_chans, drop_rate=config.drop_rate)
+        num_features = backbone.num_features
+    else:
+        if not timm.is_model(config.name):
+            close = timm.list_models(f"*{config.name.split('_')[0]}*")[:8]
+            raise ValueError(f"Unknown model {config.name!r} (train.model.name); 'small-cnn' or a timm model, "
+                             f"e.g. {close or timm.list_models()[:5]}.")
+        try:
+            backbone = timm.create_model(config.name, pretrained=config.pretrained, num_classes=0, in_chans=in_chans)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not config.pretrained:
+                raise
+            raise ValueError(f"Could not load pretrained weights for {config.name!r}: {e}. Download them once "
+                             "with network access (they are cached in ~/.cache/huggingface), or set "
+                             "train.model.pretrained: false.") from None
+        num_features = backbone.num_features
+    model = Classifier(backbone, num_features, schema, config.head_hidden, config.dropout)
+    _freeze(model, config)
+    return model
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def save_classifier(model: Classifier, config: ModelConfig, schema: LabelSchema, in_chans: int,
+                    image_size: int, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "classifier.json").write_text(json.dumps({
+        "model": config.model_dump(mode="json"), "schema": schema.to_dict(), "in_chans": in_chans,
+        "image_size": image_size}, indent=2))
+
+
+def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
+    """Loads a classifier saved by :func:`save_classifier` (safetensors; nothing is unpickled)."""
+    folder = Path(folder)
+    meta_path = folder / "classifier.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"No classifier in {folder} (missing classifier.json); train one first.")
+    meta = json.loads(meta_path.read_text())
+    config = ModelConfig(**{**meta["model"], "pretrained": False})
+    model = create_classifier(config, LabelSchema.from_dict(meta["schema"]), meta["in_chans"])
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.to(device).eval(), meta
