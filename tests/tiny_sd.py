@@ -6,10 +6,13 @@ the fixtures are the same on every run. Shapes follow the dummy components of di
 tests: a 2-level UNet (32, 64 channels) and a 2-level VAE, so images are ``TINY_IMAGE_SIZE`` (16) pixels
 square and latents ``4 × TINY_LATENT_SIZE × TINY_LATENT_SIZE`` (4 × 8 × 8).
 
-Usage::
+Usage (``tests/generators/conftest.py`` puts ``tests/`` on ``sys.path``; the package name ``tests`` is taken
+by one that torch-fidelity installs, so import the module by its own name)::
 
-    from tests.tiny_sd import build_tiny_sd_pipeline
+    from tiny_sd import build_tiny_sd_pipeline
     model_dir = build_tiny_sd_pipeline(tmp_path / "tiny-sd")   # a StableDiffusionPipeline folder
+
+or use the session fixture ``tiny_sd_dir`` from that conftest.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel,
+)
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -137,7 +142,8 @@ def tiny_unet(in_channels: int = 4, cross_attention_dim: int = 32, sample_size: 
 def tiny_vae(sample_size: int = TINY_IMAGE_SIZE, **overrides) -> AutoencoderKL:
     """A random-weight 2-level ``AutoencoderKL`` (32, 64 channels, 4 latent channels, scale factor 2)."""
     fields = dict(
-        sample_size=sample_size, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        sample_size=sample_size, in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, norm_num_groups=16,
     )

@@ -62,8 +62,8 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.source == "imagefolder" and not self.root:
-            raise ValueError("data.source 'imagefolder' needs data.root")
+        if self.source in ("imagefolder", "deepfashion-attributes") and not self.root:
+            raise ValueError(f"data.source {self.source!r} needs data.root")
         if self.source == "manifest" and not self.manifest:
             raise ValueError("data.source 'manifest' needs data.manifest")
         return self
@@ -74,7 +74,7 @@ class DataConfig(_Strict):
             opts["test_per_class"] = self.test_per_class
         if self.val_per_class is not None:
             opts["val_per_class"] = self.val_per_class
-        if self.source == "imagefolder":
+        if self.source in ("imagefolder", "deepfashion-attributes"):
             opts |= {"root": self.root, "classes": self.classes, "mode": self.mode, "on_bad_image": self.on_bad_image}
         if self.source == "manifest":
             opts |= {"manifest": self.manifest, "image_column": self.image_column, "classes": self.classes,
@@ -96,11 +96,26 @@ class GeneratorSection(_Strict):
 
 
 class PlanConfig(_Strict):
-    strategy: Literal["balance", "fixed", "ratio"] = "balance"
+    # balance / fixed / ratio: per-class counts (single-label data); rare-attributes: copies of real images
+    # that carry a rare attribute class, with their label vector and caption (multi-attribute data)
+    strategy: Literal["balance", "fixed", "ratio", "rare-attributes"] = "balance"
     target: int | None = Field(None, ge=0)  # balance: fill every class up to this (None: the largest class)
     counts: dict[str, int] = Field(default_factory=dict)  # fixed: {class name: images}
     ratio: float = Field(1.0, ge=0)  # ratio: synthetic = ratio × real per class
+    # rare-attributes: classes in these shot groups (data.shots thresholds on training counts) are rare
+    rare_shots: list[Literal["few", "medium", "many"]] = Field(default_factory=lambda: ["few"])
+    per_source: int | None = Field(None, ge=1)  # rare-attributes: images per source image (or give `total`)
+    total: int | None = Field(None, ge=1)  # rare-attributes: images in all, rarest sources first
+    caption_template: str | None = None  # rare-attributes: None = "A person wearing {attributes} clothes"
     batch_size: int = Field(64, ge=1)  # generation batch size (does not change any image)
+
+    @model_validator(mode="after")
+    def _rare_attributes_size(self):
+        if self.strategy == "rare-attributes" and (self.per_source is None) == (self.total is None):
+            raise ValueError("plan.strategy 'rare-attributes' needs exactly one of plan.per_source (images per "
+                             f"source image) and plan.total (images in all), but got per_source={self.per_source}, "
+                             f"total={self.total}")
+        return self
 
 
 class PseudoConfig(_Strict):

@@ -23,7 +23,9 @@ from synthaug.config import ArmConfig, ExperimentConfig, dump_config, fingerprin
 from synthaug.data import ClassStats, DataSplits, LabeledImages, ShotThresholds, load_source, longtail_subsample
 from synthaug.evaluate.metrics import classification_metrics, save_metrics
 from synthaug.generators import Generator, create_generator, fill_store
-from synthaug.plan import balance_counts, fixed_counts, make_items, ratio_counts, unconditional_items
+from synthaug.plan import (
+    PlanItem, balance_counts, fixed_counts, make_items, ratio_counts, rare_attribute_items, unconditional_items,
+)
 from synthaug.store import SyntheticStore
 from synthaug.train import TrainConfig, load_classifier, predict, train_classifier
 from synthaug.utils import read_json, resolve_device, write_json
@@ -130,15 +132,31 @@ class Experiment:
         return self.generator
 
     # ------------------------------------------------------------------------------------------ synthetic sets
+    def plan_items(self) -> list[PlanItem]:
+        """The generation plan: per-class counts for single-label data, or (``plan.strategy:
+        rare-attributes``, required for several label groups) copies of training images with rare classes."""
+        p, schema, train = self.cfg.plan, self.splits.schema, self.splits.train
+        if p.strategy == "rare-attributes":
+            return rare_attribute_items(schema, train.labels, train.ids, seed=self.cfg.seed,
+                                        thresholds=self.thresholds, rare_shots=p.rare_shots, per_source=p.per_source,
+                                        total=p.total, template=p.caption_template)
+        return make_items(schema, self.plan_counts(), seed=self.cfg.seed)
+
     def plan_counts(self) -> np.ndarray:
-        p, real = self.cfg.plan, self.train_counts[0]
-        if not self.splits.schema.is_single_label:
-            raise ValueError("Count plans need single-label data.")
+        """Planned images per class of the first label group."""
+        p, schema = self.cfg.plan, self.splits.schema
+        if p.strategy == "rare-attributes":
+            first = [it.labels[0] for it in self.plan_items()]
+            return np.bincount(np.asarray(first, dtype=np.int64), minlength=schema.group_sizes[0])
+        real = self.train_counts[0]
+        if not schema.is_single_label:
+            raise ValueError(f"plan.strategy {p.strategy!r} plans per-class counts of single-label data, but this "
+                             f"data has {len(schema.groups)} label groups; use plan.strategy: rare-attributes.")
         if p.strategy == "balance":
             return balance_counts(real, p.target)
         if p.strategy == "ratio":
             return ratio_counts(real, p.ratio)
-        group = self.splits.schema.groups[0]
+        group = schema.groups[0]
         return fixed_counts(len(group.classes), {group.index(str(k)): v for k, v in p.counts.items()})
 
     def synthetic(self) -> SyntheticStore:
@@ -148,7 +166,7 @@ class Experiment:
         store = SyntheticStore(self.dir / "synthetic", self.splits.schema)
         with self._stage("synthetic", fp) as summary:
             if summary is not None:
-                items = make_items(self.splits.schema, self.plan_counts(), seed=self.cfg.seed)
+                items = self.plan_items()
                 made = fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
                                   progress=self.cfg.progress)
                 summary.update(planned=len(items), generated_now=made)

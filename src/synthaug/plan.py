@@ -7,7 +7,9 @@ running number), so growing a plan keeps the seeds of the items it already had.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -15,6 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from synthaug.data.schema import LabelSchema
+from synthaug.data.stats import ShotThresholds
 from synthaug.utils import atomic_write, derive_seed
 
 
@@ -94,6 +97,86 @@ def make_items(
             item_id = f"{g.classes[c]}-{k:05d}"
             items.append(PlanItem(item_id, (c,), derive_seed(seed, item_id),
                                   prompt=None if prompts is None else prompts[c]))
+    return items
+
+
+def rare_classes(schema: LabelSchema, labels: np.ndarray, thresholds: ShotThresholds,
+                 rare_shots: Sequence[str] = ("few",)) -> list[np.ndarray]:
+    """Per label group, a boolean mask of its rare classes: those whose count in ``labels`` falls in one of the
+    ``rare_shots`` groups ("few", "medium", "many") under ``thresholds``."""
+    unknown = sorted(set(rare_shots) - {"many", "medium", "few"})
+    if unknown or not rare_shots:
+        raise ValueError(f"plan.rare_shots must name shot groups among 'few', 'medium', 'many', but got "
+                         f"{list(rare_shots)}.")
+    labels = np.asarray(labels).reshape(-1, len(schema.groups))
+    counts = [np.bincount(labels[:, g], minlength=n) for g, n in enumerate(schema.group_sizes)]
+    return [np.array([thresholds.group(int(n)) in rare_shots for n in c]) for c in counts]
+
+
+def _item_stem(source_id: str) -> str:
+    """A file-name-safe, unique stem for a source image id (which may be a path)."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", source_id.rsplit(".", 1)[0]).strip("_")[-40:]
+    return f"{slug}-{hashlib.sha1(source_id.encode()).hexdigest()[:6]}"
+
+
+def rare_attribute_items(
+    schema: LabelSchema, labels: np.ndarray, ids: Sequence[str], *, seed: int,
+    thresholds: ShotThresholds = ShotThresholds(), rare_shots: Sequence[str] = ("few",),
+    per_source: int | None = None, total: int | None = None, template: str | None = None,
+) -> list[PlanItem]:
+    """Plan items copied from real images that carry at least one rare attribute class.
+
+    Each item takes the whole label vector of its source image (``source_ids`` = that image's id) and a
+    caption listing its attributes (:func:`synthaug.generators.captions.caption`; by default "A person
+    wearing {attributes} clothes", underscores turned to spaces). Sources are ordered rarest first (by the
+    training count of their rarest rare class, then by how many rare classes they carry, then a seeded
+    shuffle); items go round-robin over that order. Item ``<source stem>-<copy:03d>`` keeps its labels,
+    prompt and seed when the plan grows.
+
+    Args:
+        schema: the label schema.
+        labels: (N, G) class indices of the training images.
+        ids: the training images' ids.
+        seed: the experiment seed (item seeds derive from it and the item id; it also breaks ties).
+        thresholds: shot-group thresholds defining "rare" together with ``rare_shots``.
+        rare_shots: the shot groups whose classes count as rare.
+        per_source: images per source image; or
+        total: images in all (the rarest sources first; several copies each when larger than the sources).
+        template: the caption template; None picks the schema's default.
+
+    Raises:
+        ValueError: neither or both of ``per_source`` / ``total``, no image with a rare class, or a template
+            field the schema lacks.
+    """
+    from synthaug.generators.captions import caption, check_template  # captions imports this module
+
+    if (per_source is None) == (total is None):
+        raise ValueError(f"Give exactly one of plan.per_source and plan.total, but got {per_source=}, {total=}.")
+    if (per_source or total) < 1:
+        raise ValueError(f"plan.per_source / plan.total must be >= 1, but got {per_source or total}.")
+    if template is not None:
+        check_template(schema, template)
+    labels = np.asarray(labels, dtype=np.int64).reshape(len(ids), len(schema.groups))
+    rare = rare_classes(schema, labels, thresholds, rare_shots)
+    counts = [np.bincount(labels[:, g], minlength=n) for g, n in enumerate(schema.group_sizes)]
+    is_rare = np.stack([rare[g][labels[:, g]] for g in range(len(schema.groups))], 1)
+    sources = np.flatnonzero(is_rare.any(1))
+    if not len(sources):
+        raise ValueError(f"No training image has a rare attribute class (shot groups {list(rare_shots)} with "
+                         f"many > {thresholds.many}, few < {thresholds.few}); raise data.shots.few, or add "
+                         "'medium' to plan.rare_shots.")
+    count_of = np.stack([counts[g][labels[:, g]] for g in range(len(schema.groups))], 1)
+    rarest = np.where(is_rare, count_of, np.iinfo(np.int64).max).min(1)[sources]
+    tie = np.random.default_rng(derive_seed(seed, "rare-attributes")).permutation(len(sources))
+    order = sources[np.lexsort((tie, -is_rare[sources].sum(1), rarest))]
+    n_items = per_source * len(order) if per_source is not None else total
+    items = []
+    for k in range(n_items):
+        src = int(order[k % len(order)])
+        item_id = f"{_item_stem(ids[src])}-{k // len(order):03d}"
+        vec = tuple(int(v) for v in labels[src])
+        items.append(PlanItem(item_id, vec, derive_seed(seed, item_id), prompt=caption(schema, vec, template),
+                              source_ids=(ids[src],)))
     return items
 
 

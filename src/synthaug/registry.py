@@ -8,6 +8,13 @@ from typing import Callable, Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError, ValueError):
+    """An unknown registry name; a ValueError too, so config validators report it as a field error."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class Registry(Generic[T]):
     """Maps names to classes or factories.
 
@@ -37,7 +44,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}; valid names: {', '.join(sorted(self._entries))}."
             ) from None
 

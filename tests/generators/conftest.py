@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
@@ -23,3 +24,12 @@ from tiny_sd import build_tiny_sd_pipeline  # noqa: E402
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """A tiny random-weight ``StableDiffusionPipeline`` folder (16 × 16 images), built once per session."""
     return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

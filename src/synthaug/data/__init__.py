@@ -1,6 +1,7 @@
 from synthaug.data.longtail import longtail_counts, longtail_subsample
 from synthaug.data.schema import LabeledImages, LabelGroup, LabelSchema
 from synthaug.data.sources import DataError, DataSplits, load_source
+from synthaug.data import attributes as _attributes  # noqa: F401  (registers "deepfashion-attributes")
 from synthaug.data.stats import ClassStats, ShotThresholds
 
 __all__ = [

@@ -310,7 +310,7 @@ def load_manifest(
         missing = [c for c in [image_column, *label_columns] if c not in row or row[c] in (None, "")]
         if missing:
             raise DataError(f"{path} line {lineno}: missing value for column(s) {missing}.")
-    schema = _schema_from({c: (str(r[c]) for _, r in rows) for c in label_columns}, classes)
+    schema = _schema_from({c: [str(r[c]) for _, r in rows] for c in label_columns}, classes)
     if [g.name for g in schema.groups] != label_columns:
         raise DataError(f"{path}: data.classes groups {[g.name for g in schema.groups]} must match "
                         f"data.label_columns {label_columns}.")

@@ -98,9 +98,12 @@ class ClassStats:
             ax.set_title(g.name if n > 1 else title, fontsize=9)
             ax.set_ylabel("images" if gi == 0 else "")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-        fig.legend(handles, [f"many (>{self.thresholds.many})",
-                             f"medium ({self.thresholds.few}–{self.thresholds.many})",
-                             f"few (<{self.thresholds.few})"], loc="upper right", fontsize=8)
+        names = [f"many (>{self.thresholds.many})", f"medium ({self.thresholds.few}–{self.thresholds.many})",
+                 f"few (<{self.thresholds.few})"]
+        if n == 1:
+            axes[0][0].legend(handles, names, loc="upper right", fontsize=8)
+        else:
+            fig.legend(handles, names, loc="lower right", fontsize=8, ncol=3)
         if n > 1:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()

@@ -106,7 +106,8 @@ def cutmix(
         The mixed image and λ adjusted to the exact pasted area: 1 − box area / (H·W).
     """
     if first.shape != second.shape:
-        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
+                         f"{tuple(second.shape)}.")
     height, width = first.shape[-2:]
     top, bottom, left, right = cutmix_box(height, width, lam, rng)
     mixed = first.clone()
@@ -117,7 +118,7 @@ def cutmix(
 def cutmix_embedding(
     first: torch.Tensor, second: torch.Tensor, lam: float, rng: np.random.Generator
 ) -> tuple[torch.Tensor, float]:
-    """CutMix along the last axis of embeddings (..., D): a contiguous span of ``second`` pasted into ``first``.
+    """CutMix along the last axis of embeddings (..., D): a span of ``second`` pasted into ``first``.
 
     The 1-D form of :func:`cutmix_box`: span length (1 − λ)·D, centre uniform, clipped at the ends.
 
@@ -125,7 +126,8 @@ def cutmix_embedding(
         The mixed embedding and λ adjusted to the exact pasted length: 1 − span / D.
     """
     if first.shape != second.shape:
-        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
+                         f"{tuple(second.shape)}.")
     dim = first.shape[-1]
     lo, hi = _cut(dim, int(dim * (1.0 - lam)), rng)
     mixed = first.clone()

@@ -84,6 +84,8 @@ def caption(schema: LabelSchema, labels: Sequence[int] | None, template: str | N
         raise
 
 
-def captions_for_items(schema: LabelSchema, items: Sequence[PlanItem], template: str | None = None) -> list[str]:
+def captions_for_items(
+    schema: LabelSchema, items: Sequence[PlanItem], template: str | None = None,
+) -> list[str]:
     """One prompt per plan item: ``item.prompt`` when set, else :func:`caption` of ``item.labels``."""
     return [it.prompt if it.prompt is not None else caption(schema, it.labels, template) for it in items]

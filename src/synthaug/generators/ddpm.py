@@ -113,6 +113,7 @@ class DDPMGenerator(Generator):
                              f"{len(self.schema.groups)}.")
         data = load_tensor(real, size=c.image_size, progress=False) * 2 - 1
         labels = torch.as_tensor(real.labels[:, 0])
+        torch.manual_seed(derive_seed(self.seed, "ddpm-init"))
         unet = self._build_unet(data.shape[1], data.shape[-1]).to(self.device)
         noise_scheduler = self._noise_scheduler()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)

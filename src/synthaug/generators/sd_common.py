@@ -12,7 +12,6 @@ unclip-augcond).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -22,11 +21,10 @@ from diffusers import (
     AutoPipelineForText2Image, DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler,
 )
+from diffusers.utils import deprecation_utils
 
 from synthaug.plan import PlanItem
 from synthaug.utils import read_json, torch_dtype
-
-log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 SchedulerName = Literal["default", "ddim", "pndm", "dpmsolver++", "euler", "euler-ancestral", "ddpm"]
@@ -41,6 +39,7 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddpm": (DDPMScheduler, {}),
 }
 
+_DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 _OFFLINE_HINT = (
     "To use a hub checkpoint offline, download it once on a machine with network (`hf download {id}`, or "
@@ -69,18 +68,19 @@ def resolve_checkpoint(model: str, *, field: str = "generator.params.model") -> 
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"{field}={model!r} is a folder but holds no model_index.json, so it is not a diffusers pipeline. "
-                "Save one there with `pipe.save_pretrained(folder)`, or give a hub id.")
+                f"{field}={model!r} is a folder but holds no model_index.json, so it is not a diffusers "
+                "pipeline. Save one there with `pipe.save_pretrained(folder)`, or give a hub id.")
         return str(path.resolve()), True
     if path.is_file() or model.endswith(_SINGLE_FILE_SUFFIXES):
         raise ValueError(
-            f"{field}={model!r} is a single-file checkpoint; a diffusers pipeline folder or hub id is needed. "
-            "Convert it once with `StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`.")
+            f"{field}={model!r} is a single-file checkpoint; a diffusers pipeline folder or hub id is "
+            "needed. Convert it once with "
+            "`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`.")
     looks_like_path = model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
     if looks_like_path:
         raise FileNotFoundError(
-            f"{field}={model!r}: no such folder (resolved to {path.resolve()}). Give the folder of a pipeline "
-            "saved with `save_pretrained` (it holds model_index.json), or a hub id such as "
+            f"{field}={model!r}: no such folder (resolved to {path.resolve()}). Give the folder of a "
+            "pipeline saved with `save_pretrained` (it holds model_index.json), or a hub id such as "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
     return model, False
 
@@ -92,21 +92,32 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
         ValueError: for fp16 on a non-CUDA device or an unknown precision.
     """
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"dtype='fp16' needs a CUDA device, but the device is {device}; use 'bf16' or 'fp32'.")
+        raise ValueError(f"dtype='fp16' needs a CUDA device, but the device is {device}; "
+                         "use 'bf16' or 'fp32'.")
     return torch_dtype(precision)
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype`` in newer diffusers (where ``torch_dtype`` is
+    deprecated), ``torch_dtype`` in older ones."""
+    return {_DTYPE_KWARG: dtype}
+
+
 def pipeline_class(name: str | type) -> type:
-    """``"auto"`` -> ``AutoPipelineForText2Image``; any other name -> that diffusers pipeline class."""
+    """``"auto"`` -> ``AutoPipelineForText2Image``; any other name -> that diffusers pipeline class.
+
+    Raises:
+        ValueError: if diffusers has no pipeline class of that name.
+    """
     if not isinstance(name, str):
         return name
     if name == "auto":
         return AutoPipelineForText2Image
     cls = getattr(diffusers, name, None)
-    if cls is None or not hasattr(cls, "from_pretrained") or not (
-            isinstance(cls, type) and (issubclass(cls, DiffusionPipeline) or name.startswith("AutoPipeline"))):
-        raise ValueError(f"pipeline={name!r} is not a diffusers pipeline class; use 'auto' or a class name such "
-                         "as 'StableDiffusionPipeline' or 'StableDiffusionXLPipeline'.")
+    is_auto = name.startswith("AutoPipeline")
+    if not (isinstance(cls, type) and (is_auto or issubclass(cls, DiffusionPipeline))):
+        raise ValueError(f"pipeline={name!r} is not a diffusers pipeline class; use 'auto' or a class name "
+                         "such as 'StableDiffusionPipeline' or 'StableDiffusionXLPipeline'.")
     return cls
 
 
@@ -135,7 +146,7 @@ def load_pipeline(
     """
     source, is_local = resolve_checkpoint(model, field=field)
     cls = pipeline_class(pipeline)
-    kwargs: dict[str, Any] = {"torch_dtype": check_precision(dtype, device),
+    kwargs: dict[str, Any] = {**dtype_kwargs(check_precision(dtype, device)),
                               "local_files_only": is_local or local_files_only}
     if _has_safety_checker(source, is_local):  # generated training data is not shown to people
         kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -153,15 +164,18 @@ def _has_safety_checker(source: str, is_local: bool) -> bool:
     return "safety_checker" in read_json(Path(source) / "model_index.json")
 
 
-def _not_found(model: str, source: str, is_local: bool, field: str, offline: bool, err: Exception) -> Exception:
+def _not_found(model: str, source: str, is_local: bool, field: str, offline: bool,
+               err: Exception) -> FileNotFoundError:
     params = field.rsplit(".", 1)[0]
     if is_local:
         return FileNotFoundError(
-            f"Could not load the diffusers pipeline in folder {source} ({field}={model!r}): {err}. The folder "
-            "must hold model_index.json and one sub-folder per component, as written by `save_pretrained`.")
+            f"Could not load the diffusers pipeline in folder {source} ({field}={model!r}): {err}. The "
+            "folder must hold model_index.json and one sub-folder per component, as written by "
+            "`save_pretrained`.")
     where = "the local HF cache only (offline)" if offline else "the HF cache, then the Hugging Face Hub"
     return FileNotFoundError(
-        f"Could not load {field}={model!r}: looked in {where}. {err} "
+        f"Could not load {field}={model!r}: no local folder {Path(model).resolve()} exists, so it was taken "
+        f"as a hub id and looked for in {where}. {err} "
         + _OFFLINE_HINT.format(id=model, field=field, params=params))
 
 
@@ -180,7 +194,8 @@ def set_scheduler(pipe: DiffusionPipeline, name: SchedulerName) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
 
 
-def optimize_for_inference(pipe: DiffusionPipeline, *, channels_last: bool = False, compile: bool = False) -> None:
+def optimize_for_inference(pipe: DiffusionPipeline, *, channels_last: bool = False,
+                           compile: bool = False) -> None:
     """Optional GPU speed-ups from diffusers' docs: channels-last memory format and ``torch.compile`` of the
     denoiser (the first batch is slow while it compiles)."""
     denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"

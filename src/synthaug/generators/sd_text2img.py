@@ -30,7 +30,7 @@ class SDText2ImgConfig(GeneratorConfig):
     model: str  # a pipeline folder saved with save_pretrained (has model_index.json) or a hub id
     pipeline: str = "auto"  # "auto" = AutoPipelineForText2Image; or a class, e.g. "StableDiffusionXLPipeline"
     local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
-    prompt_template: str | None = None  # None: "a photo of a {class}" / "A person wearing {attributes} clothes"
+    prompt_template: str | None = None  # None: captions.DEFAULT_TEMPLATES (see that module for the fields)
     negative_prompt: str | None = None  # e.g. "blurry, low quality"; None = no negative prompt
     guidance_scale: float = Field(7.5, ge=0)  # classifier-free guidance weight; SD default 7.5; <= 1 disables
     num_inference_steps: int = Field(50, ge=1)  # denoising steps; SD default 50
@@ -76,7 +76,8 @@ class SDText2ImgGenerator(Generator):
         if self._pipe is None:
             pipe = self._load_pipeline()
             set_scheduler(pipe, self.config.scheduler)
-            optimize_for_inference(pipe, channels_last=self.config.channels_last, compile=self.config.enable_compile)
+            optimize_for_inference(pipe, channels_last=self.config.channels_last,
+                                   compile=self.config.enable_compile)
             self._pipe = pipe
         return self._pipe
 
@@ -107,7 +108,8 @@ class SDText2ImgGenerator(Generator):
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
-        return {"method": self.name, "model": c.model, "scheduler": c.scheduler, "guidance_scale": c.guidance_scale,
-                "num_inference_steps": c.num_inference_steps, "negative_prompt": c.negative_prompt,
+        return {"method": self.name, "model": c.model, "scheduler": c.scheduler,
+                "guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
+                "negative_prompt": c.negative_prompt,
                 "prompt_template": self.prompt_template, "dtype": self.precision}
 

@@ -1,28 +1,30 @@
-"""Classifier training: any model, loss, augmentation preset and real+synthetic mixing strategy, with
-linear warm-up then cosine decay, per-epoch checkpoints (resume after an interruption) and curves."""
+"""Classifier training: any model, loss, augmentation preset, batch mix (CutMix/MixUp) and real+synthetic
+mixing strategy, with linear warm-up then cosine decay (plus a real-only fine-tuning phase for ``two-phase``),
+per-epoch checkpoints (resume after an interruption) and curves (CSV + PNG, with the phase of each epoch)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.report.plots import training_curves_plot
-from synthaug.train.augment import AUGMENTS, create_transform, eval_transform
+from synthaug.train.augment import AUGMENTS, SYNTHETIC_PRESETS, create_transform, eval_transform
+from synthaug.train.batch_mix import BATCH_MIXES, create_batch_mix, hard_labels
 from synthaug.train.data import ImageSet
 from synthaug.train.losses import LOSSES, create_loss
-from synthaug.train.mixing import MIXING, make_batches
+from synthaug.train.mixing import MIXING, REAL_ONLY, make_batches
 from synthaug.train.models import Classifier, ModelConfig, create_classifier, parameter_counts, save_classifier
 from synthaug.utils import autocast, derive_seed, seed_everything
 
@@ -36,17 +38,22 @@ class TrainConfig(BaseModel):
     loss: str = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     weight_k: float = Field(1.0, gt=0)  # weighted-ce: w_i = k / N_i
-    mixing: str = "real-only"  # real-only, combined, balanced-batch, oversample
-    synthetic_share: float = Field(0.5, ge=0, lt=1)  # balanced-batch: synthetic part of every batch
-    augment: str = "none"  # augmentation preset, applied to real and synthetic images alike
-    epochs: int = Field(15, ge=1)
+    mixing: str = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, two-phase
+    # balanced-batch: the synthetic part of every batch; rsp: the probability p that a batch slot is synthetic
+    synthetic_share: float = Field(0.5, ge=0, lt=1)
+    augment: str = "none"  # augmentation preset (none, basic, soft, hard, synthetic, autoaugment, ...)
+    batch_mix: str = "none"  # batch-level "cutmix", "mixup", "cutmix-or-mixup" (soft targets per label group)
+    batch_mix_alpha: float = Field(1.0, gt=0)  # CutMix/MixUp: λ ~ Beta(α, α)
+    epochs: int = Field(15, ge=1)  # epochs (two-phase: of phase 1, on real + synthetic images)
+    phase2_epochs: int = Field(0, ge=0)  # two-phase: epochs of real-only fine-tuning after phase 1
+    phase2_lr_scale: float = Field(0.1, gt=0, le=1)  # two-phase: phase-2 learning rate = lr × this, cosine to 0
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
     momentum: float = 0.9  # sgd
-    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0 (over `epochs`)
     image_size: int | None = None  # None: the real images' size
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(0, ge=0)
@@ -68,6 +75,34 @@ class TrainConfig(BaseModel):
     def _augment_known(cls, v):
         AUGMENTS.get(v)
         return v
+
+    @field_validator("batch_mix")
+    @classmethod
+    def _batch_mix_known(cls, v):
+        BATCH_MIXES.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.augment in SYNTHETIC_PRESETS and self.mixing in REAL_ONLY:
+            raise ValueError(f"augment {self.augment!r} trains on generated images too, but mixing "
+                             f"{self.mixing!r} uses real images only; use mixing combined, balanced-batch, rsp or "
+                             "two-phase (with the arm's synthetic: generated), or augment 'hard'.")
+        if self.mixing == "two-phase" and self.phase2_epochs < 1:
+            raise ValueError("mixing 'two-phase' needs phase2_epochs >= 1 (the real-only fine-tuning epochs).")
+        if self.mixing != "two-phase" and self.phase2_epochs:
+            raise ValueError(f"phase2_epochs={self.phase2_epochs} only applies to mixing 'two-phase', but mixing is "
+                             f"{self.mixing!r}; set phase2_epochs: 0 or mixing: two-phase.")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of both phases (``epochs`` + ``phase2_epochs``)."""
+        return self.epochs + self.phase2_epochs
+
+    def phase(self, epoch: int) -> int:
+        """1, or 2 for the real-only epochs of ``two-phase`` (``epoch`` counts from 0)."""
+        return 2 if self.mixing == "two-phase" and epoch >= self.epochs else 1
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -97,11 +132,43 @@ def image_size_of(images: LabeledImages) -> int:
     return min(w, h)
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor of diffusers' ``get_cosine_schedule_with_warmup``: linear from 0 to 1 over
+    ``warmup`` steps, then half a cosine down to 0 at ``total``."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_phase1: int,
+                steps_phase2: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + cosine over the ``epochs`` of phase 1; for ``two-phase``, then a second cosine from
+    ``lr × phase2_lr_scale`` to 0 over the ``phase2_epochs`` (no warm-up).
+
+    Args:
+        steps_phase1: optimizer steps per epoch in phase 1.
+        steps_phase2: optimizer steps per epoch in phase 2.
+    """
+    warmup, n1 = round(cfg.warmup_epochs * steps_phase1), cfg.epochs * steps_phase1
+    n2 = cfg.phase2_epochs * steps_phase2
+
+    def factor(step: int) -> float:
+        if step < n1 or not n2:
+            return warmup_cosine(step, warmup, n1)
+        return cfg.phase2_lr_scale * warmup_cosine(step - n1, 0, n2)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train_classifier(
     real: LabeledImages, synthetic: LabeledImages | None, cfg: TrainConfig, workdir: str | Path, *,
     val: LabeledImages | None = None, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True,
 ) -> Classifier:
     """Trains a classifier and saves it to ``workdir/model``; resumes from ``workdir/last`` if present.
+
+    Logs the trainable / total parameter counts at the start (and saves them in ``model/classifier.json``);
+    writes ``curves.csv`` / ``curves.png`` (epoch, phase, lr, train and val loss and accuracy).
 
     Returns:
         The trained model (eval mode).
@@ -111,44 +178,31 @@ def train_classifier(
     image_size = cfg.image_size or image_size_of(real)
     model = create_classifier(cfg.model, real.schema, real.channels).to(device)
     trainable, total = parameter_counts(model)
-    log.info("%s: %s trainable / %s total parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
+    log.info("%s: %s trainable / %s total parameters (freeze=%s)", cfg.model.name, f"{trainable:,}", f"{total:,}",
+             cfg.model.freeze)
     data = ImageSet(real, synthetic, create_transform(cfg.augment, real.channels, image_size), image_size)
     synth_labels = data.labels[data.num_real:]
     counts = [np.bincount(real.labels[:, g], minlength=n) for g, n in enumerate(real.schema.group_sizes)]
     options = {"label_smoothing": cfg.label_smoothing} | ({"weight_k": cfg.weight_k} if cfg.loss == "weighted-ce" else {})
     criterion = create_loss(cfg.loss, counts, **options).to(device)
+    mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
 
     def epoch_batches(epoch: int):
         rng = np.random.default_rng(derive_seed(seed, "epoch", epoch))
         return make_batches(cfg.mixing, real.labels, synth_labels, batch_size=cfg.batch_size, rng=rng,
-                            synthetic_share=cfg.synthetic_share)
+                            synthetic_share=cfg.synthetic_share, phase=cfg.phase(epoch))
 
-    steps_per_epoch = len(epoch_batches(0))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    schedule = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_epochs * steps_per_epoch),
-                                               cfg.epochs * steps_per_epoch)
+    schedule = lr_schedule(optimizer, cfg, len(epoch_batches(0)),
+                           len(epoch_batches(cfg.epochs)) if cfg.phase2_epochs else 0)
     start, curves = _resume(workdir / "last", model, optimizer, schedule)
-    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {workdir.parent.name}/{workdir.name}",
-               unit="epoch", disable=not progress)
+    bar = tqdm(range(start, cfg.total_epochs), initial=start, total=cfg.total_epochs,
+               desc=f"train {workdir.parent.name}/{workdir.name}", unit="epoch", disable=not progress)
     for epoch in bar:
-        model.train()
         loader = DataLoader(data, batch_sampler=epoch_batches(epoch), collate_fn=_collate,
                             num_workers=cfg.num_workers)
-        total_loss, correct, seen = 0.0, 0.0, 0
-        for x, y, _ in loader:
-            x, y = x.to(device), y.to(device)
-            with autocast(device, cfg.precision):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(x)
-            correct += _group_mean_correct(model, logits.detach(), y)
-            seen += len(x)
-        row = {"epoch": epoch + 1, "lr": schedule.get_last_lr()[0], "train_loss": total_loss / seen,
-               "train_acc": correct / seen}
+        row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
+               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, device, cfg.precision)}
         if val is not None and len(val):
             logits = predict(model, val, image_size, device=device)
             row["val_loss"] = criterion(logits.to(device), torch.as_tensor(val.labels, device=device)).item()
@@ -162,6 +216,31 @@ def train_classifier(
     training_curves_plot(workdir / "curves.csv", workdir / "curves.png")
     shutil.rmtree(workdir / "last", ignore_errors=True)
     return model.eval()
+
+
+def _train_epoch(model: Classifier, loader: DataLoader, mixer, criterion, optimizer, schedule,
+                 device: torch.device, precision: str) -> dict:
+    """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``.
+
+    With CutMix/MixUp the accuracy counts the class with the larger share of each soft target.
+    """
+    model.train()
+    total_loss, correct, seen, lr = 0.0, 0.0, 0, float("nan")
+    for x, y, _ in loader:
+        x, y = mixer(x.to(device), y.to(device))
+        with autocast(device, precision):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = schedule.get_last_lr()[0]  # the rate this step used
+        schedule.step()
+        total_loss += loss.item() * len(x)
+        hard = hard_labels(y, model.group_sizes) if y.dtype.is_floating_point else y
+        correct += _group_mean_correct(model, logits.detach(), hard)
+        seen += len(x)
+    return {"lr": lr, "train_loss": total_loss / seen, "train_acc": correct / seen}
 
 
 def _group_mean_correct(model: Classifier, logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -189,7 +268,8 @@ def _resume(folder: Path, model, optimizer, schedule) -> tuple[int, list[dict]]:
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     with open(folder / "curves.csv") as f:
-        curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        curves = [{k: int(float(v)) if k in ("epoch", "phase") else float(v) for k, v in row.items() if v != ""}
+                  for row in csv.DictReader(f)]
     log.info("Resuming classifier training from %s (epoch %d).", folder, state["epoch"])
     return int(state["epoch"]), curves
 

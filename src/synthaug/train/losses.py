@@ -49,7 +49,8 @@ class WeightedCrossEntropy(GroupedLoss):
     """Cross-entropy with class weights w_i = k / N_i (N_i = training images of class i).
 
     With PyTorch's weighted mean reduction the constant k cancels in the loss value's scale per batch;
-    it is kept so the weights match the formula a study reports (e.g. k = 250/11).
+    it is kept so the weights match the formula a study reports (e.g. k = 250/11). Soft targets are
+    normalised the same way (see ``group_term``).
     """
 
     def __init__(self, class_counts, *, label_smoothing: float = 0.0, weight_k: float = 1.0):
@@ -58,8 +59,17 @@ class WeightedCrossEntropy(GroupedLoss):
             self.register_buffer(f"weight_{g}", w)
 
     def group_term(self, g, logits, target):
-        return F.cross_entropy(logits, target, weight=getattr(self, f"weight_{g}"),
-                               label_smoothing=self.label_smoothing)
+        weight = getattr(self, f"weight_{g}")
+        if not target.dtype.is_floating_point:
+            return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
+        # Soft targets (MixUp/CutMix). PyTorch's weighted mean over probability targets divides by the batch
+        # size, not by the summed weights as it does for class indices; normalise like the index case so
+        # one-hot targets give exactly the same loss, smoothing included:
+        #   loss = Σ_i Σ_c w_c ((1 − ε) y_ic + ε / C) (−log p_ic) / Σ_i Σ_c w_c y_ic
+        eps, k = self.label_smoothing, logits.shape[1]
+        smoothed = target * (1 - eps) + eps / k
+        nll = -(weight * smoothed * F.log_softmax(logits, 1)).sum()
+        return nll / (target * weight).sum().clamp_min(torch.finfo(logits.dtype).tiny)
 
 
 @LOSSES.register("balanced-softmax")

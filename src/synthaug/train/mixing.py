@@ -16,6 +16,7 @@ from synthaug.registry import Registry
 
 MIXING: Registry = Registry("mixing strategy")
 Batches = list[np.ndarray]
+REAL_ONLY = {"real-only", "oversample"}  # strategies that never use the synthetic set
 
 
 def _chunks(order: np.ndarray, batch_size: int) -> Batches:
@@ -53,6 +54,8 @@ def oversample(real_labels, synth_labels, *, batch_size, rng, **_) -> Batches:
 def _cycle(n: int, total: int, rng: np.random.Generator) -> np.ndarray:
     """``total`` indices from 0..n-1: whole shuffled passes, then part of one more (each index at most once
     per pass)."""
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
     passes = [rng.permutation(n) for _ in range(math.ceil(total / n))]
     return np.concatenate(passes)[:total]
 
@@ -74,6 +77,44 @@ def balanced_batch(real_labels, synth_labels, *, batch_size, rng, synthetic_shar
     return [rng.permutation(np.concatenate([real_idx[s * per_real:(s + 1) * per_real],
                                             synth_idx[s * per_synth:(s + 1) * per_synth]]))
             for s in range(steps)]
+
+
+@MIXING.register("rsp")
+def random_selection(real_labels, synth_labels, *, batch_size, rng, synthetic_share: float = 0.5, **_) -> Batches:
+    """Random selection with probability: each batch slot is synthetic with probability p = synthetic_share.
+
+    Real and synthetic images are drawn in shuffled passes (no repeat within a pass). An epoch has
+    ceil(N_real / (1 − p)) slots, so it is one pass over the real images in expectation.
+
+    Raises:
+        ValueError: p outside [0, 1), or an empty synthetic set with p > 0.
+    """
+    if not 0 <= synthetic_share < 1:
+        raise ValueError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
+    n_real, n_synth = len(real_labels), len(synth_labels)
+    if n_synth == 0 and synthetic_share > 0:
+        raise ValueError("mixing 'rsp' draws from the synthetic set, but it is empty; generate images first or "
+                         "use mixing 'real-only'.")
+    slots = math.ceil(n_real / (1 - synthetic_share))
+    is_synth = rng.random(slots) < synthetic_share
+    order = np.empty(slots, dtype=np.int64)
+    order[~is_synth] = _cycle(n_real, int((~is_synth).sum()), rng)
+    order[is_synth] = _cycle(n_synth, int(is_synth.sum()), rng) + n_real
+    return _chunks(order, batch_size)
+
+
+@MIXING.register("two-phase")
+def two_phase(real_labels, synth_labels, *, batch_size, rng, phase: int = 1, **_) -> Batches:
+    """Phase 1: real and synthetic images in one shuffled pool (as ``combined``); phase 2: real images only.
+
+    The training loop runs ``epochs`` epochs of phase 1, then ``phase2_epochs`` epochs of phase 2 at a
+    learning rate scaled by ``phase2_lr_scale``.
+    """
+    if phase not in (1, 2):
+        raise ValueError(f"two-phase mixing has phases 1 and 2, but got {phase=}.")
+    if phase == 1:
+        return combined(real_labels, synth_labels, batch_size=batch_size, rng=rng)
+    return real_only(real_labels, synth_labels, batch_size=batch_size, rng=rng)
 
 
 def make_batches(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray, *, batch_size: int,

@@ -26,6 +26,8 @@ class ModelConfig(BaseModel):
     pretrained: bool = False  # load ImageNet weights through timm (needs them cached or reachable)
     head_hidden: list[int] = Field(default_factory=list)  # hidden sizes of the MLP head, e.g. [512, 128]
     dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each head layer
+    # "all-but-last": only the last `trainable_stages` backbone stages (timm feature_info, e.g. layer4) and the
+    # head train; "all-but-head": only the head. Frozen BatchNorm layers stay in eval mode (running stats kept).
     freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
     trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
     drop_rate: float = Field(0.0, ge=0, lt=1)  # small-cnn: dropout before its classifier
@@ -68,6 +70,23 @@ class Classifier(nn.Module):
     def forward(self, x):
         return self.head(self.backbone(x))
 
+    def train(self, mode: bool = True) -> "Classifier":
+        """Sets train/eval mode, but keeps frozen BatchNorm layers in eval mode.
+
+        A BatchNorm layer whose weight and bias are frozen also keeps its running statistics (the pretrained
+        ones): in train mode it would normalise with batch statistics and overwrite them, so the frozen
+        layers would drift although none of their parameters train. (Keras does the same for layers with
+        ``trainable = False``.)
+        """
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters(recurse=False))
+                frozen = params and not any(p.requires_grad for p in params)
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:
+                    m.eval()
+        return self
+
     def split_logits(self, logits: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(logits, self.group_sizes, dim=1))
 
@@ -82,7 +101,11 @@ def _freeze(model: Classifier, config: ModelConfig) -> None:
         if info is None:
             raise ValueError(f"Model {config.name!r} exposes no stages (timm feature_info); use freeze 'none' "
                              "or 'all-but-head'.")
-        stages = [f["module"] for f in info][-config.trainable_stages:]
+        names = [f["module"] for f in info]
+        if config.trainable_stages > len(names):
+            raise ValueError(f"train.model.trainable_stages={config.trainable_stages} but {config.name!r} has "
+                             f"{len(names)} stages {names}; use at most {len(names)}, or freeze: none.")
+        stages = names[-config.trainable_stages:]
         for name, module in model.backbone.named_modules():
             if name in stages:
                 for p in module.parameters():
@@ -108,9 +131,10 @@ def create_classifier(config: ModelConfig, schema: LabelSchema, in_chans: int) -
         except (OSError, RuntimeError, ValueError) as e:
             if not config.pretrained:
                 raise
-            raise ValueError(f"Could not load pretrained weights for {config.name!r}: {e}. Download them once "
-                             "with network access (they are cached in ~/.cache/huggingface), or set "
-                             "train.model.pretrained: false.") from None
+            raise ValueError(f"Could not load pretrained weights for {config.name!r} (train.model.pretrained: "
+                             f"true): {type(e).__name__}: {e} Download them once with network access and "
+                             "HF_HUB_OFFLINE unset (timm caches them in ~/.cache/huggingface), or set "
+                             "train.model.pretrained: false to train from random initialisation.") from None
         num_features = backbone.num_features
     model = Classifier(backbone, num_features, schema, config.head_hidden, config.dropout)
     _freeze(model, config)
@@ -129,9 +153,10 @@ def save_classifier(model: Classifier, config: ModelConfig, schema: LabelSchema,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    trainable, total = parameter_counts(model)
     (folder / "classifier.json").write_text(json.dumps({
         "model": config.model_dump(mode="json"), "schema": schema.to_dict(), "in_chans": in_chans,
-        "image_size": image_size}, indent=2))
+        "image_size": image_size, "parameters": {"trainable": trainable, "total": total}}, indent=2))
 
 
 def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:

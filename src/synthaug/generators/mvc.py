@@ -1,0 +1,546 @@
+"""``mvc``: Mixing Visual Concepts (Al Rahat & Venkateswara, 2024, arXiv:2412.15358).
+
+1. Each real image gets a caption, prefixed "This is an image of <class>": from a BLIP-2 captioner when
+   ``captioner`` names one, else from the labels alone (then a class's captions are all alike and the
+   mixing has nothing to mix; diversity comes from the noise and, fine-tuned, the conditioning image).
+2. Each caption becomes a CLIP text embedding e ∈ R^{m×d} (the pipeline's text encoder, last hidden state,
+   m = the tokenizer's max length); they are stored per class in ``workdir/text_embeds.safetensors``.
+3. Per plan item, Algorithm 1 (:func:`~synthaug.generators.embedding_mix.mix_embeddings`) mixes embeddings
+   of the item's class into a new one, passed as ``prompt_embeds`` with the empty prompt's embedding as
+   ``negative_prompt_embeds`` for classifier-free guidance.
+4. ``mode`` (the study compares both): ``pretrained`` samples a text-to-image Stable Diffusion pipeline
+   conditioned on the mixed embedding alone; ``finetuned`` first fine-tunes it InstructPix2Pix-style
+   (Brooks et al., 2023; diffusers' ``train_instruct_pix2pix.py``): the UNet gets 4 more input channels for
+   the VAE latent of a random image of the same class, and learns to denoise a real image given that image
+   and a mixed embedding of its class. Sampling then conditions on a random same-class image plus a mixed
+   embedding through ``StableDiffusionInstructPix2PixPipeline``.
+
+Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
+item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDPMScheduler, DiffusionPipeline, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from synthaug.data.schema import LabeledImages
+from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.captions import caption, check_template
+from synthaug.generators.embedding_mix import mix_embeddings
+from synthaug.generators.sd_common import (
+    Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, resolve_checkpoint,
+    set_scheduler,
+)
+from synthaug.generators.real_images import class_pools, load_real_images, pick_sources, save_real_images
+from synthaug.plan import PlanItem
+from synthaug.utils import autocast, derive_seed, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+class MVCConfig(GeneratorConfig):
+    """Defaults: the study's method (fine-tuned, captions with its prefix); sampling knobs are diffusers'
+    InstructPix2Pix defaults, training knobs those of the ``train_instruct_pix2pix.py`` docs example.
+    P and Q are not given in the text we could consult; their defaults are ours (see the comments)."""
+
+    mode: Literal["pretrained", "finetuned"] = "finetuned"  # the study compares both
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # base SD pipeline folder or hub id
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    checkpoint: str | None = None  # finetuned: a trained mvc pipeline folder to sample from (no training)
+    # --- captions
+    captioner: str | None = None  # BLIP-2 folder or hub id (the study: BLIP-2); None: captions from labels
+    caption_prefix: str = "This is an image of {attributes}"  # the study's prefix ({attributes} = class name)
+    caption_template: str | None = None  # no captioner: appended after the prefix; None: the prefix alone
+    caption_max_new_tokens: int = Field(30, ge=1)  # BLIP-2 caption length limit
+    # --- Algorithm 1
+    coarse_steps: int = Field(1, ge=0)  # P: blocks of whole rows copied (ours: 1 ≈ a third of the tokens)
+    fine_steps: int = Field(5, ge=0)  # Q: pieces of single rows copied (ours: 5)
+    # --- sampling
+    guidance_scale: float = Field(7.5, ge=0)  # text classifier-free guidance (diffusers' default)
+    image_guidance_scale: float = Field(1.5, ge=0)  # image guidance of image-conditioned models (1.5)
+    num_inference_steps: int = Field(50, ge=1)
+    scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler
+    resolution: int | None = Field(None, ge=8, multiple_of=8)  # train/sample size; None: the model's own
+    dtype: Precision | Literal["auto"] = "auto"  # sampling weights: "auto" = fp16 on CUDA, fp32 on CPU
+    enable_compile: bool = False  # torch.compile the UNet for sampling (GPU; first batch slow)
+    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+    # --- fine-tuning (finetuned mode; the example: 256 px, 15000 steps of 4 x 4 accumulated images)
+    train_steps: int = Field(2000, ge=0)  # optimisation steps (ours: our datasets are far smaller)
+    batch_size: int = Field(4, ge=1)  # the example's 4 per micro-batch
+    learning_rate: float = Field(5e-5, gt=0)  # the example's 5e-5, constant after warm-up
+    lr_warmup_steps: int = Field(0, ge=0)
+    conditioning_dropout: float = Field(0.05, ge=0, le=1 / 3)  # P(drop text) = P(drop image) = P(both)
+    max_grad_norm: float = Field(1.0, gt=0)
+    train_precision: Literal["fp32", "bf16"] = "fp32"  # autocast while training (fp32 master weights)
+    gradient_checkpointing: bool = False  # trade compute for memory (large models)
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
+
+
+def add_image_channels(unet: UNet2DConditionModel, extra: int = 4) -> UNet2DConditionModel:
+    """Widens ``unet.conv_in`` by ``extra`` input channels for an image-condition latent (in place).
+
+    InstructPix2Pix's initialisation (diffusers' ``train_instruct_pix2pix.py``): the new input channels get
+    zero weights and the old ones keep theirs, so the UNet computes exactly what it did before until
+    training moves the new weights. The old bias is kept too (the script leaves it freshly initialised).
+    """
+    old = unet.conv_in
+    new = nn.Conv2d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new.to(old.weight.device, old.weight.dtype)
+    unet.register_to_config(in_channels=old.in_channels + extra)
+    return unet
+
+
+def instruct_pix2pix_loss(
+    unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, latents: torch.Tensor,
+    image_latents: torch.Tensor, text_embeds: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """The denoising loss of an image-conditioned UNet (Brooks et al., 2023, Eq. 2).
+
+    1. forward process: z_t = add_noise(z_0, ε, t);
+    2. target: ε, or v = α_t ε − σ_t z_0 for v-prediction checkpoints (SD 2.x);
+    3. the UNet sees [z_t, image latent] concatenated on channels and the text embedding; MSE to the target.
+    """
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"Cannot fine-tune a model with prediction_type={prediction_type!r}; "
+                         "supported: 'epsilon', 'v_prediction'.")
+    pred = unet(torch.cat([noisy, image_latents], dim=1), timesteps, text_embeds).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+def blip2_captions(
+    captioner: str, images: LabeledImages, *, device: torch.device, dtype: torch.dtype,
+    local_files_only: bool, max_new_tokens: int, batch_size: int = 16,
+) -> list[str]:
+    """One BLIP-2 caption per image (``Blip2ForConditionalGeneration.generate`` with no text prompt).
+
+    Raises:
+        FileNotFoundError: if the captioner cannot be found or loaded; the message says how to provide it.
+    """
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    path = Path(captioner).expanduser()
+    hint = ("Give a folder saved with save_pretrained (Blip2Processor + Blip2ForConditionalGeneration) or "
+            "a hub id such as 'Salesforce/blip2-opt-2.7b' that is cached (HF_HOME) or reachable; or leave "
+            "generator.params.captioner unset to caption from the labels alone.")
+    if captioner.startswith(("/", ".", "~")) and not path.is_dir():
+        raise FileNotFoundError(f"generator.params.captioner={captioner!r}: no such folder "
+                                f"(resolved to {path.resolve()}). {hint}")
+    try:
+        processor = Blip2Processor.from_pretrained(captioner, local_files_only=local_files_only)
+        model = Blip2ForConditionalGeneration.from_pretrained(
+            captioner, dtype=dtype, local_files_only=local_files_only).to(device).eval()
+    except OSError as e:
+        raise FileNotFoundError("Could not load the BLIP-2 captioner "
+                                f"generator.params.captioner={captioner!r}: {e}. {hint}") from e
+    out: list[str] = []
+    for start in tqdm(range(0, len(images), batch_size), desc="caption (BLIP-2)", unit="batch"):
+        batch = [images.image(i) for i in range(start, min(start + batch_size, len(images)))]
+        inputs = processor(images=batch, return_tensors="pt").to(device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+        out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    return out
+
+
+@torch.no_grad()
+def encode_text(pipe: DiffusionPipeline, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """CLIP text embeddings (n, m, d): the text encoder's last hidden state over max-length padded tokens,
+    as Stable Diffusion pipelines and its training scripts compute them."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids = pipe.tokenizer(list(texts[start : start + batch_size]), padding="max_length", truncation=True,
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        out.append(pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].float().cpu())
+    return torch.cat(out)
+
+
+def _class_key(label: Sequence[int]) -> str:
+    return "class/" + ",".join(str(int(i)) for i in label)
+
+
+@register_generator("mvc")
+class MVCGenerator(Generator):
+    """Stable Diffusion conditioned on MVC-mixed caption embeddings (and, fine-tuned, a same-class image)."""
+
+    config_class = MVCConfig
+    config: MVCConfig
+    _pipe: DiffusionPipeline | None = None
+    _real: LabeledImages | None = None
+    _embeds: dict[str, torch.Tensor] | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_template(self.schema, self.config.caption_prefix)
+        if self.config.caption_template is not None:
+            check_template(self.schema, self.config.caption_template)
+        if self.config.mode == "pretrained" and self.config.checkpoint is not None:
+            raise ValueError("generator.params.checkpoint is a fine-tuned mvc model, used with mode "
+                             "'finetuned'; for mode 'pretrained' name the pipeline in "
+                             "generator.params.model.")
+        self._used: dict[str, dict[str, Any]] = {}
+
+    # ---------------------------------------------------------------------------------------------- paths
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.config.checkpoint) if self.config.checkpoint else self.workdir / "model"
+
+    @property
+    def precision(self) -> Precision:
+        if self.config.dtype == "auto":
+            return "fp16" if self.device.type == "cuda" else "fp32"
+        return self.config.dtype
+
+    def _embedding_record(self) -> dict[str, Any] | None:
+        """What the stored embeddings depend on: the real data, the captions and the text encoder."""
+        real = self.workdir / "real" / "real.json"
+        if not real.is_file():
+            return None
+        d = read_json(real)
+        c = self.config
+        return {"data": derive_seed(json.dumps([d["ids"], d["labels"]])), "model": c.model,
+                "captioner": c.captioner, "caption_prefix": c.caption_prefix,
+                "caption_template": c.caption_template}
+
+    def _embeddings_current(self) -> bool:
+        meta = self.workdir / "text_embeds.json"
+        return (meta.is_file() and (self.workdir / "text_embeds.safetensors").is_file()
+                and read_json(meta)["record"] == self._embedding_record())
+
+    def is_fitted(self) -> bool:
+        if not self._embeddings_current():
+            return False
+        return self.config.mode == "pretrained" or (self.model_dir / "model_index.json").is_file()
+
+    # ---------------------------------------------------------------------------------------------- fit
+    def _base_pipeline(self, dtype: Precision = "fp32") -> DiffusionPipeline:
+        """The ``model`` pipeline; a Stable Diffusion 1.x/2.x one (one CLIP text encoder, a UNet, a VAE).
+
+        Raises:
+            FileNotFoundError: if it cannot be found; ValueError: if it is another kind of pipeline.
+        """
+        c = self.config
+        pipe = load_pipeline(c.model, device=self.device, pipeline="DiffusionPipeline", dtype=dtype,
+                             local_files_only=c.local_files_only)
+        if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInstructPix2PixPipeline)):
+            raise ValueError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; mvc mixes "
+                             "the CLIP text embeddings of Stable Diffusion 1.x/2.x (StableDiffusionPipeline, "
+                             "or an InstructPix2Pix one). Use such a checkpoint, e.g. "
+                             "stable-diffusion-v1-5/stable-diffusion-v1-5.")
+        return pipe
+
+    def captions(self, real: LabeledImages) -> list[str]:
+        """The caption of each real image: "<prefix>, <BLIP-2 caption or label template>"."""
+        c = self.config
+        prefixes = [caption(self.schema, label, c.caption_prefix) for label in real.labels.tolist()]
+        if c.captioner is not None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+            bodies = blip2_captions(c.captioner, real, device=self.device, dtype=dtype,
+                                    local_files_only=c.local_files_only,
+                                    max_new_tokens=c.caption_max_new_tokens)
+        elif c.caption_template is not None:
+            bodies = [caption(self.schema, label, c.caption_template) for label in real.labels.tolist()]
+        else:
+            bodies = [""] * len(real)
+        return [f"{p}, {b}" if b else p for p, b in zip(prefixes, bodies)]
+
+    def fit(self, real: LabeledImages) -> None:
+        """Records the real images, captions and embeds them per class, and (finetuned) trains the model.
+
+        Raises:
+            FileNotFoundError: if the base model or the captioner cannot be loaded.
+        """
+        if len(real) == 0:
+            raise ValueError("mvc needs real training images to caption and condition on, but got none.")
+        save_real_images(real, self.workdir / "real")
+        self._real = self._embeds = None
+        base = None
+        if not self._embeddings_current():  # new data or captions: embed again, and train again
+            captions = self.captions(real)  # first: BLIP-2 is freed before the diffusion model loads
+            base = self._base_pipeline()
+            self._save_embeddings(base, real, captions)
+            for stale in (self.workdir / "model", self.workdir / "checkpoints"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if self.config.mode == "finetuned":
+            if self.config.checkpoint is not None:
+                self._check_checkpoint()  # sample from it; nothing to train
+            elif not self.is_fitted():
+                self._train(base or self._base_pipeline())
+
+    def _save_embeddings(self, pipe: DiffusionPipeline, real: LabeledImages, captions: list[str]) -> None:
+        embeds = encode_text(pipe, captions)
+        tensors = {_class_key(label): embeds[torch.as_tensor(idx)].to(torch.float16).contiguous()
+                   for label, idx in class_pools(real).items()}
+        tensors["empty"] = encode_text(pipe, [""]).to(torch.float16)
+        save_file(tensors, self.workdir / "text_embeds.safetensors")  # fp16 halves the disk; ample for CLIP
+        write_json(self.workdir / "captions.json", dict(zip(real.ids, captions)))
+        write_json(self.workdir / "text_embeds.json", {"record": self._embedding_record()})
+
+    def _check_checkpoint(self) -> None:
+        """Raises a clear error when ``checkpoint`` names no pipeline folder."""
+        resolve_checkpoint(self.config.checkpoint, field="generator.params.checkpoint")
+        if not (self.model_dir / "model_index.json").is_file():
+            raise FileNotFoundError(f"generator.params.checkpoint={self.config.checkpoint!r} is not a folder "
+                                    "holding model_index.json; give the `model` folder an mvc fit wrote.")
+
+    def _require_fitted(self) -> None:
+        c = self.config
+        if not self._embeddings_current():
+            raise FileNotFoundError(
+                f"mvc has no caption embeddings in {self.workdir} for this data and config (looked for "
+                "real/real.json and text_embeds.json/.safetensors); run fit(real) first (`synthaug generate` "
+                "does).")
+        if c.mode == "finetuned" and c.checkpoint is not None:
+            self._check_checkpoint()
+        elif c.mode == "finetuned" and not self.is_fitted():
+            raise FileNotFoundError(f"No fine-tuned mvc model in {self.model_dir} (looked for "
+                                    "model_index.json); run fit(real) with mode 'finetuned' to train it, or "
+                                    "set generator.params.checkpoint to a trained one.")
+
+    def _load_data(self) -> tuple[LabeledImages, dict, dict[str, torch.Tensor]]:
+        """The recorded real images, their class pools and the class embeddings (loaded once)."""
+        if self._real is None or self._embeds is None:
+            self._real = load_real_images(self.workdir / "real", self.schema)
+            self._pools = class_pools(self._real)
+            stored = load_file(self.workdir / "text_embeds.safetensors")
+            self._embeds = {k: v.float() for k, v in stored.items()}
+            self._captions = read_json(self.workdir / "captions.json")
+        return self._real, self._pools, self._embeds
+
+    def _size(self, pipe: DiffusionPipeline) -> int:
+        return self.config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _training_batch(self, step: int, vae, empty: torch.Tensor, size: int, num_train_timesteps: int):
+        """Step ``step``'s batch: target and condition latents, mixed text embeddings (with conditioning
+        dropout), noise and timesteps, all drawn from (seed, step)."""
+        c = self.config
+        real, pools, embeds = self._load_data()
+        seed = derive_seed(self.seed, "mvc-train", step)
+        rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+        targets, conditions, texts = [], [], []
+        for i in rng.integers(len(real), size=c.batch_size).tolist():
+            label = tuple(real.labels[i].tolist())
+            targets.append(i)
+            conditions.append(int(rng.choice(pools[label])))  # 1. a random image of the same class
+            texts.append(mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
+                                        fine_steps=c.fine_steps, rng=rng).embedding)  # 2. Algorithm 1
+        to_pixels = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
+                                v2.ToDtype(torch.float32, scale=True)])
+        pixels = torch.stack([to_pixels(real.image(i).convert("RGB")) for i in targets + conditions]) * 2 - 1
+        pixels = pixels.to(self.device, vae.dtype)
+        with torch.no_grad():  # 3. latents: sampled for the target, the mode for the condition (the script's)
+            latents = vae.encode(pixels[: c.batch_size]).latent_dist.sample(generator=g)
+            latents = latents * vae.config.scaling_factor
+            image_latents = vae.encode(pixels[c.batch_size :]).latent_dist.mode()
+        text = torch.stack(texts).to(self.device)
+        # 4. conditioning dropout (Brooks et al., 2023, §3.2.1): drop text, image, or both, each with prob q
+        q, u = c.conditioning_dropout, torch.rand(c.batch_size, generator=g).to(self.device)
+        text = torch.where((u < 2 * q).view(-1, 1, 1), empty.to(self.device).expand_as(text), text)
+        keep_image = ~((u >= q) & (u < 3 * q))
+        image_latents = image_latents * keep_image.view(-1, 1, 1, 1).to(image_latents.dtype)
+        noise = torch.randn(latents.shape, generator=g).to(self.device)
+        timesteps = torch.randint(0, num_train_timesteps, (c.batch_size,), generator=g).to(self.device)
+        return latents, image_latents, text, noise, timesteps
+
+    def _train(self, base: DiffusionPipeline) -> None:
+        c = self.config
+        unet, vae = base.unet, base.vae
+        noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        if unet.config.in_channels == vae.config.latent_channels:
+            add_image_channels(unet, vae.config.latent_channels)
+        vae.requires_grad_(False)
+        base.text_encoder.requires_grad_(False)
+        embeds = self._load_data()[2]
+        empty, size = embeds["empty"], self._size(base)
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate)
+        lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.lr_warmup_steps)
+        start = self._resume(unet, optimizer, lr_schedule)
+        if c.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train mvc",
+                   unit="step")
+        for step in bar:
+            batch = self._training_batch(step, vae, empty, size, num_timesteps)
+            with autocast(self.device, c.train_precision):
+                loss = instruct_pix2pix_loss(unet, noise_scheduler, *batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), c.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
+                self._save_checkpoint(step + 1, unet, optimizer, lr_schedule)
+        bar.close()
+        unet.eval()
+        if c.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+        self._save_final(base, unet)
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.workdir / "checkpoints").glob("step-*"))
+
+    def _save_checkpoint(self, step: int, unet, optimizer, lr_schedule) -> None:
+        final = self.workdir / "checkpoints" / f"step-{step:07d}"
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        unet.save_pretrained(tmp / "unet")  # safetensors
+        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
+                   tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        tmp.rename(final)  # a folder without ".partial" is complete
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old)
+
+    def _resume(self, unet, optimizer, lr_schedule) -> int:
+        for stale in (self.workdir / "checkpoints").glob("*.partial"):
+            shutil.rmtree(stale)
+        ckpts = self._checkpoints()
+        if not ckpts:
+            return 0
+        last = ckpts[-1]
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(last / "unet").state_dict())
+        state = torch.load(last / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        step = json.loads((last / "state.json").read_text())["step"]
+        log.info("Resuming mvc fine-tuning from %s (step %d).", last, step)
+        return step
+
+    def _save_final(self, base: DiffusionPipeline, unet: UNet2DConditionModel) -> None:
+        tmp = self.workdir / "model.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+            scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "synthaug.json", {"generator": "mvc", "schema": self.schema.to_dict(),
+                                           "config": self.config.model_dump(mode="json")})
+        shutil.rmtree(self.model_dir, ignore_errors=True)
+        tmp.rename(self.model_dir)
+        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    def pipeline(self) -> DiffusionPipeline:
+        """The sampling pipeline: the base model (pretrained) or the fine-tuned one, loaded once."""
+        if self._pipe is None:
+            c = self.config
+            if c.mode == "pretrained":
+                pipe = self._base_pipeline(self.precision)
+            else:
+                pipe = load_pipeline(str(self.model_dir), device=self.device, dtype=self.precision,
+                                     pipeline="StableDiffusionInstructPix2PixPipeline",
+                                     field="generator.params.checkpoint")
+            set_scheduler(pipe, c.scheduler)
+            optimize_for_inference(pipe, channels_last=c.channels_last, compile=c.enable_compile)
+            self._pipe = pipe
+        return self._pipe
+
+    @property
+    def image_conditioned(self) -> bool:
+        return isinstance(self.pipeline(), StableDiffusionInstructPix2PixPipeline)
+
+    def condition(self, item: PlanItem) -> tuple[torch.Tensor, int | None, dict[str, Any]]:
+        """One item's mixed embedding (m, d), its conditioning image (an index into the real images, or
+        None for text-only models) and its manifest fields. Every draw comes from the item's seed."""
+        c = self.config
+        real, pools, embeds = self._load_data()
+        rng = np.random.default_rng(derive_seed(item.seed, "mvc"))
+        # the conditioning image (image-conditioned models); also checks the item's class has real images
+        picked = pick_sources(item, real, pools, 1 if self.image_conditioned else 0, rng)
+        image = picked[0] if picked else None
+        label = tuple(item.labels)
+        pool = pools[label]
+        start = None  # a planned source id after the conditioning image names the start embedding
+        if len(item.source_ids) > len(picked):
+            start_id = item.source_ids[len(picked)]
+            start = next((k for k, i in enumerate(pool.tolist()) if real.ids[i] == start_id), None)
+            if start is None:
+                raise ValueError(f"Item {item.item_id!r} names source id {start_id!r}, which is not a real "
+                                 f"image of its class {real.schema.names(label)}.")
+        mixed = mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
+                               fine_steps=c.fine_steps, rng=rng, start=start)
+        caption_ids = [real.ids[pool[k]] for k in mixed.sources]
+        image_ids = [real.ids[image]] if image is not None else []
+        info = {"text": self._captions[caption_ids[0]], "caption_source_ids": caption_ids,
+                "source_ids": list(dict.fromkeys(image_ids + caption_ids))}
+        if image is not None:
+            info["condition_image_id"] = real.ids[image]
+        return mixed.embedding, image, info
+
+    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
+        """One image per item, in item order.
+
+        Raises:
+            FileNotFoundError: if fit has not run, or a checkpoint cannot be loaded.
+            ValueError: if an item has no labels or its class had no real image.
+        """
+        if not items:
+            return []
+        c = self.config
+        self._require_fitted()
+        pipe = self.pipeline()
+        conditions = [self.condition(it) for it in items]
+        for it, (_, _, info) in zip(items, conditions):
+            self._used[it.item_id] = info
+        dtype = pipe.unet.dtype
+        prompt_embeds = torch.stack([e for e, _, _ in conditions]).to(self.device, dtype)
+        negative = self._load_data()[2]["empty"].to(self.device, dtype).expand_as(prompt_embeds)
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative, guidance_scale=c.guidance_scale,
+            num_inference_steps=c.num_inference_steps, generator=item_generators(items), output_type="pil")
+        size = self._size(pipe)
+        if self.image_conditioned:
+            resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+            kwargs.update(image=[resize(self._real.image(i).convert("RGB")) for _, i, _ in conditions],
+                          image_guidance_scale=c.image_guidance_scale)
+        else:
+            kwargs.update(height=size, width=size)
+        return list(pipe(**kwargs).images)
+
+    def annotate(self, items: Sequence[PlanItem], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+        """The start caption (``text``), the real ids used (``source_ids``; the conditioning image first)."""
+        return [self._used.pop(it.item_id, {}) for it in items]
+
+    def provenance(self) -> dict[str, Any]:
+        c = self.config
+        out = {"method": self.name, "mode": c.mode, "model": c.model, "scheduler": c.scheduler,
+               "guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
+               "coarse_steps": c.coarse_steps, "fine_steps": c.fine_steps, "captioner": c.captioner,
+               "dtype": self.precision}
+        if c.mode == "finetuned":
+            out.update(checkpoint=str(self.model_dir), image_guidance_scale=c.image_guidance_scale)
+        return out

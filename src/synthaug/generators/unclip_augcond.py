@@ -1,0 +1,190 @@
+"""``unclip-augcond``: augmentation-conditioned generation with Stable unCLIP.
+
+Chen, Zhang & Romero-Soriano, "Augmented Conditioning Is Enough For Effective Training Image Generation",
+2025 (arXiv:2502.04475). diffusers' ``StableUnCLIPImg2ImgPipeline`` (the study: stable-diffusion-2-1-unclip,
+PNDM, 30 steps) is conditioned on the class-name prompt and on the CLIP image embedding of a real training
+image of the item's class, augmented by one of ten methods (:mod:`synthaug.generators.augcond`): the
+unchanged image ("random-image", the baseline), dropout on its embedding, or Mixup / CutMix of two images of
+the class, in pixel space or in embedding space, each with or without dropout.
+
+``fit`` only records the real images (ids, labels, files) under ``workdir/real``; ``generate`` picks,
+augments and encodes them per item, every draw from the item's seed, so an item gives the same image
+whatever batch it is in. The real image ids used are written to the manifest's ``source_ids``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from pydantic import Field
+
+from synthaug.data.schema import LabeledImages
+from synthaug.generators.augcond import (
+    Method, cutmix, cutmix_embedding, embedding_dropout, mixup, parse_method, sample_lambda,
+)
+from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.real_images import class_pools, image_tensor, load_real_images, pick_sources, save_real_images
+from synthaug.generators.captions import captions_for_items, check_template
+from synthaug.generators.sd_common import (
+    Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, set_scheduler,
+)
+from synthaug.imaging import to_pil
+from synthaug.plan import PlanItem
+from synthaug.utils import derive_seed
+
+# ------------------------------------------------------------------------------------ generator
+
+
+class UnCLIPAugCondConfig(GeneratorConfig):
+    """Defaults are the study's (Chen et al., 2025): SD 2.1 unCLIP, PNDM, 30 steps, guidance 2.0, p = 0.4."""
+
+    model: str = "stabilityai/stable-diffusion-2-1-unclip"  # StableUnCLIPImg2ImgPipeline folder or hub id
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    method: Method = "random-image"  # the conditioning; "random-image" is the study's baseline (see METHODS)
+    prompt_template: str = "{attributes}"  # the study prompts with the class name ({attributes} = class name)
+    guidance_scale: float = Field(2.0, ge=0)  # study: 2.0 large-scale training from scratch, 10.0 few-shot
+    num_inference_steps: int = Field(30, ge=1)  # study: 30 PNDM steps
+    scheduler: SchedulerName = "pndm"  # study: PNDM
+    noise_level: int = Field(0, ge=0)  # unCLIP noise augmentation of the image embedding (pipeline default 0)
+    mix_alpha: float = Field(1.0, gt=0)  # Mixup/CutMix λ ~ Beta(α, α); 1 = λ uniform, as Yun et al. 2019
+    dropout_p: float = Field(0.4, ge=0, lt=1)  # study: p = 0.4 on the image embedding
+    dropout_rescale: bool = True  # scale kept entries by 1/(1-p) like F.dropout, keeping E[embedding]
+    height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (768 for SD 2.1)
+    width: int | None = Field(None, ge=8, multiple_of=8)
+    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
+    enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
+    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+
+
+@register_generator("unclip-augcond")
+class UnCLIPAugCondGenerator(Generator):
+    """Stable unCLIP conditioned on the class name and an augmented real image of the class."""
+
+    config_class = UnCLIPAugCondConfig
+    config: UnCLIPAugCondConfig
+    _pipe: DiffusionPipeline | None = None
+    _real: LabeledImages | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_template(self.schema, self.config.prompt_template)
+        self.recipe = parse_method(self.config.method)
+        self._used: dict[str, dict[str, Any]] = {}  # item id -> manifest fields of its last generation
+
+    @property
+    def real_dir(self) -> Path:
+        return self.workdir / "real"
+
+    @property
+    def precision(self) -> Precision:
+        if self.config.dtype == "auto":
+            return "fp16" if self.device.type == "cuda" else "fp32"
+        return self.config.dtype
+
+    def fit(self, real: LabeledImages) -> None:
+        """Records the real images to condition on (no training)."""
+        if len(real) == 0:
+            raise ValueError("unclip-augcond needs real training images to condition on, but got none.")
+        save_real_images(real, self.real_dir)
+        self._real = None
+
+    def is_fitted(self) -> bool:
+        return (self.real_dir / "real.json").is_file()
+
+    def pipeline(self) -> DiffusionPipeline:
+        """The loaded ``StableUnCLIPImg2ImgPipeline`` with the configured scheduler (loaded once)."""
+        if self._pipe is None:
+            c = self.config
+            pipe = load_pipeline(c.model, device=self.device, pipeline="StableUnCLIPImg2ImgPipeline",
+                                 dtype=self.precision, local_files_only=c.local_files_only)
+            set_scheduler(pipe, c.scheduler)
+            optimize_for_inference(pipe, channels_last=c.channels_last, compile=c.enable_compile)
+            self._pipe = pipe
+        return self._pipe
+
+    def _real_images(self) -> tuple[LabeledImages, dict[tuple[int, ...], np.ndarray]]:
+        if self._real is None:
+            self._real = load_real_images(self.real_dir, self.schema)
+            self._pools = class_pools(self._real)
+        return self._real, self._pools
+
+    @torch.no_grad()
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """CLIP image embeddings (n, d), as the pipeline computes them for an ``image=`` input."""
+        pipe = self.pipeline()
+        pixels = pipe.feature_extractor(images=images, return_tensors="pt").pixel_values
+        encoder = pipe.image_encoder
+        return encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds.float()
+
+    def condition(self, item: PlanItem) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The augmented image embedding (d,) for one item, and what went into it (for the manifest).
+
+        Every random choice (images, λ, box, dropout mask) comes from the item's seed.
+        """
+        c, recipe = self.config, self.recipe
+        real, pools = self._real_images()
+        rng = np.random.default_rng(derive_seed(item.seed, "unclip-augcond"))
+        idx = pick_sources(item, real, pools, recipe.num_images, rng)
+        images = [real.image(i) for i in idx]
+        info: dict[str, Any] = {"source_ids": [real.ids[i] for i in idx]}
+        if recipe.mix is None:  # 1. one image: the baseline (and "dropout")
+            embedding = self._encode(images)[0]
+        else:
+            lam = sample_lambda(c.mix_alpha, rng)
+            if recipe.space == "pixel":  # 2a. mix the pixels (second resized to the first), then encode
+                first = image_tensor(images[0])
+                second = image_tensor(images[1], tuple(first.shape[-2:]))
+                if recipe.mix == "mixup":
+                    mixed = mixup(first, second, lam)
+                else:
+                    mixed, lam = cutmix(first, second, lam, rng)
+                embedding = self._encode(to_pil(mixed[None]))[0]
+            else:  # 2b. encode both, then mix the embeddings
+                first, second = self._encode(images)
+                if recipe.mix == "mixup":
+                    embedding = mixup(first, second, lam)
+                else:
+                    embedding, lam = cutmix_embedding(first, second, lam, rng)
+            info["mix_lambda"] = lam
+        if recipe.dropout:  # 3. dropout on the final embedding
+            embedding = embedding_dropout(embedding, c.dropout_p, rng, rescale=c.dropout_rescale)
+        return embedding, info
+
+    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
+        """One image per item, in item order.
+
+        Raises:
+            FileNotFoundError: if fit has not recorded real images, or the checkpoint cannot be loaded.
+            ValueError: if an item has no labels or its class has no real image.
+        """
+        if not items:
+            return []
+        c = self.config
+        pipe = self.pipeline()
+        conditions = [self.condition(it) for it in items]
+        prompts = captions_for_items(self.schema, items, c.prompt_template)
+        for it, prompt, (_, info) in zip(items, prompts, conditions):
+            self._used[it.item_id] = {"text": prompt, **info}
+        embeds = torch.stack([e for e, _ in conditions]).to(self.device, pipe.image_encoder.dtype)
+        out = pipe(
+            prompt=prompts, image_embeds=embeds, guidance_scale=c.guidance_scale, noise_level=c.noise_level,
+            num_inference_steps=c.num_inference_steps, height=c.height, width=c.width,
+            generator=item_generators(items), output_type="pil",
+        )
+        return list(out.images)
+
+    def annotate(self, items: Sequence[PlanItem], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+        """The prompt, the real image ids used (``source_ids``) and the mixing weight λ, if any."""
+        return [self._used.pop(it.item_id, {}) for it in items]
+
+    def provenance(self) -> dict[str, Any]:
+        c = self.config
+        return {"method": self.name, "augmentation": c.method, "model": c.model, "scheduler": c.scheduler,
+                "guidance_scale": c.guidance_scale,
+                "num_inference_steps": c.num_inference_steps, "noise_level": c.noise_level,
+                "mix_alpha": c.mix_alpha, "dropout_p": c.dropout_p, "dtype": self.precision}

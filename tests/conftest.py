@@ -1,0 +1,26 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """A small image folder: root/<class>/<n>.png with imbalanced classes (12 / 8 / 6 images), 16×16 RGB."""
+
+    def make(root=tmp_path / "images", counts=(12, 8, 6), names=("cat", "dog", "owl")):
+        rng = np.random.default_rng(0)
+        for name, n in zip(names, counts):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / name / f"{i:03d}.png")
+        return root
+
+    return make

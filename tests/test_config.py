@@ -1,0 +1,42 @@
+import pytest
+
+from synthaug.config import ConfigError, build_config, load_config
+
+
+def test_defaults_have_the_study_arms():
+    cfg = build_config({})
+    assert [a.name for a in cfg.arms] == ["real-ce", "real-bsm", "oversample", "synth-combined",
+                                          "synth-balanced-batch", "pseudo-combined"]
+    assert cfg.arm_train(cfg.arm("real-bsm")).loss == "balanced-softmax"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = build_config({"train": {"epochs": 3}}, ["train.epochs=7", "seeds=[1, 2]", "data.longtail.imbalance_ratio=50",
+                                                   "arms.1.train.lr=0.5"])
+    assert cfg.train.epochs == 7 and cfg.seeds == [1, 2] and cfg.data.longtail.imbalance_ratio == 50
+    assert cfg.arm_train(cfg.arms[1]).lr == 0.5
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train": {"epochs": 0}}, r"train\.epochs.*greater than or equal to 1.*got 0"),
+    ({"train": {"lossx": "ce"}}, r"train\.lossx.*Extra inputs"),
+    ({"train": {"loss": "focal"}}, r"train\.loss.*Unknown loss 'focal'.*balanced-softmax"),
+    ({"data": {"source": "cifar"}}, r"data\.source.*Unknown data source 'cifar'.*mnist5k"),
+    ({"data": {"source": "imagefolder"}}, r"needs data\.root"),
+    ({"generator": {"name": "ddpm", "params": {"guidance_scale": -1}}}, r"generator\.params\.guidance_scale"),
+    ({"generator": {"name": "dalle"}}, r"Unknown generator 'dalle'"),
+    ({"arms": [{"name": "x", "train": {"mixing": "combined"}}]}, r"arms\.0.*needs synthetic images"),
+    ({"arms": [{"name": "x", "train": {"batch_size": "big"}}]}, r"arms\.0\.train\.batch_size"),
+])
+def test_errors_name_the_field_and_value(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(raw)
+
+
+def test_load_config_reports_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
