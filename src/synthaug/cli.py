@@ -112,11 +112,12 @@ def cmd_list(args) -> None:
     from synthaug.data.sources import SOURCES
     from synthaug.generators import GENERATORS
     from synthaug.train.augment import AUGMENTS
+    from synthaug.train.batch_mix import BATCH_MIXES
     from synthaug.train.losses import LOSSES
     from synthaug.train.mixing import MIXING
 
     registries = {"generators": GENERATORS, "losses": LOSSES, "mixing": MIXING, "augment": AUGMENTS,
-                  "sources": SOURCES}
+                  "batch-mix": BATCH_MIXES, "sources": SOURCES}
     for kind in [args.kind] if args.kind else registries:
         print(f"{kind}: {', '.join(registries[kind].names())}")
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", action="append", default=[])
     p.set_defaults(func=cmd_model_summary)
     p = sub.add_parser("list", help="registered generators, losses, mixing strategies, presets, sources")
-    p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "sources"])
+    p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "batch-mix", "sources"])
     p.set_defaults(func=cmd_list)
     return parser
 

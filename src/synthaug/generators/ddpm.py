@@ -43,6 +43,9 @@ class DDPMConfig(GeneratorConfig):
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
     layers_per_block: int = 2
     attention: bool = False  # self-attention blocks at the lowest resolution
+    # GroupNorm groups; keep several channels per group: with one channel per group (diffusers' default of 32
+    # groups on a 32-channel level) the norm strips every channel's mean and samples get grey backgrounds
+    norm_num_groups: int = Field(8, ge=1)
     conditional: bool = True  # False: an unconditional model (for pseudo-labelling)
     # --- training
     train_steps: int = Field(2500, ge=0)
@@ -84,6 +87,9 @@ class DDPMGenerator(Generator):
     def _build_unet(self, channels: int, size: int) -> UNet2DModel:
         c = self.config
         levels = len(c.block_out_channels)
+        if any(ch % c.norm_num_groups for ch in c.block_out_channels):
+            raise ValueError(f"generator.params.block_out_channels {list(c.block_out_channels)} must all be divisible "
+                             f"by generator.params.norm_num_groups={c.norm_num_groups}.")
         if size % (2 ** (levels - 1)):
             raise ValueError(f"image_size {size} must be divisible by {2 ** (levels - 1)} for {levels} levels "
                              "(generator.params.block_out_channels); set generator.params.image_size.")
@@ -95,7 +101,7 @@ class DDPMGenerator(Generator):
             sample_size=size, in_channels=channels, out_channels=channels,
             block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
             down_block_types=tuple(down), up_block_types=tuple(up),
-            norm_num_groups=min(32, *c.block_out_channels),
+            norm_num_groups=c.norm_num_groups,
             num_class_embeds=self.num_classes + 1 if c.conditional else None,  # last index = null class
         )
 
@@ -231,7 +237,8 @@ class DDPMGenerator(Generator):
         size, ch = unet.config.sample_size, unet.config.in_channels
         x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device) * scheduler.init_noise_sigma
         y = torch.tensor([null if it.labels is None else it.labels[0] for it in items], device=self.device)
-        guided = conditional and c.guidance_scale != 1.0
+        # unlabelled items sample p(x) with the null class: no guidance pass is needed for them
+        guided = conditional and c.guidance_scale != 1.0 and any(it.labels is not None for it in items)
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
             labels = torch.cat([y, torch.full_like(y, null)]) if guided else y
