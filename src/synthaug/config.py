@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synthaug.data.sources import SOURCES
+from synthaug.registry import registered
 from synthaug.train.loop import TrainConfig
 
 
@@ -39,7 +40,7 @@ class ShotConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = "mnist5k"  # mnist5k, digits, imagefolder, manifest
+    source: registered(SOURCES) = "mnist5k"  # mnist5k, digits, imagefolder, manifest
     root: str | None = None  # imagefolder: root/<class>/<image> (or root/{train,val,test}/<class>/...)
     manifest: str | None = None  # manifest: CSV/TSV/JSONL file; relative image paths resolve against its folder
     image_column: str = "image"
@@ -53,12 +54,6 @@ class DataConfig(_Strict):
     split_seed: int = 0  # fixed split seed, independent of the experiment seed
     longtail: LongTailConfig | None = None  # subsample the training split to a long-tailed profile
     shots: ShotConfig = Field(default_factory=ShotConfig)
-
-    @field_validator("source")
-    @classmethod
-    def _known(cls, v):
-        SOURCES.get(v)
-        return v
 
     @model_validator(mode="after")
     def _needs(self):

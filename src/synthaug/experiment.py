@@ -9,7 +9,6 @@ rather than a silent reuse.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from functools import cached_property
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from synthaug.config import ArmConfig, ExperimentConfig, dump_config, fingerprint
-from synthaug.data import ClassStats, DataSplits, LabeledImages, ShotThresholds, load_source, longtail_subsample
+from synthaug.data import ClassStats, DataSplits, ShotThresholds, load_source, longtail_subsample
 from synthaug.evaluate.metrics import classification_metrics, save_metrics
 from synthaug.generators import Generator, create_generator, fill_store
 from synthaug.plan import (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Generic, TypeVar
+from typing import Annotated, Callable, Generic, TypeVar
+
+from pydantic import AfterValidator
 
 T = TypeVar("T")
 
@@ -54,3 +56,13 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+    def check(self, name: str) -> str:
+        """``name`` if registered (for config validation), else :class:`UnknownNameError`."""
+        self.get(name)
+        return name
+
+
+def registered(registry: Registry) -> type:
+    """A pydantic field type: a string that must name an entry of ``registry``."""
+    return Annotated[str, AfterValidator(registry.check)]

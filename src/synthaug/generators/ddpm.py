@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.checkpoints import StepCheckpoints
 from synthaug.imaging import load_tensor, to_pil
 from synthaug.plan import PlanItem
 from synthaug.utils import autocast, derive_seed
@@ -160,39 +161,26 @@ class DDPMGenerator(Generator):
         bar.close()
         self._save_final(unet, ema)
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted((self.workdir / "checkpoints").glob("step-*"))
+    @property
+    def _checkpoints(self) -> StepCheckpoints:
+        return StepCheckpoints(self.workdir / "checkpoints")
 
     def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule) -> None:
-        final = self.workdir / "checkpoints" / f"step-{step:07d}"
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        unet.save_pretrained(tmp / "unet")  # safetensors
-        if ema is not None:
-            ema.save_pretrained(tmp / "ema")
-        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-        tmp.rename(final)  # a checkpoint folder without ".partial" is complete
-        for old in self._checkpoints()[:-2]:
-            shutil.rmtree(old)
+        def write(folder: Path) -> None:
+            unet.save_pretrained(folder / "unet")  # safetensors
+            if ema is not None:
+                ema.save_pretrained(folder / "ema")
+
+        self._checkpoints.save(step, write, optimizer, lr_schedule)
 
     def _resume(self, unet, ema, optimizer, lr_schedule) -> int:
-        for stale in (self.workdir / "checkpoints").glob("*.partial"):
-            shutil.rmtree(stale)
-        ckpts = self._checkpoints()
-        if not ckpts:
+        found = self._checkpoints.restore(optimizer, lr_schedule)
+        if found is None:
             return 0
-        last = ckpts[-1]
+        last, step = found
         unet.load_state_dict(UNet2DModel.from_pretrained(last / "unet").state_dict())
         if ema is not None and (last / "ema").exists():
-            loaded = EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel)
-            ema.load_state_dict(loaded.state_dict())
-        state = torch.load(last / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        step = json.loads((last / "state.json").read_text())["step"]
-        log.info("Resuming ddpm training from %s (step %d).", last, step)
+            ema.load_state_dict(EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel).state_dict())
         return step
 
     def _save_final(self, unet, ema) -> None:
@@ -206,7 +194,7 @@ class DDPMGenerator(Generator):
                                                        "config": self.config.model_dump(mode="json")}, indent=2))
         shutil.rmtree(self.model_dir, ignore_errors=True)
         tmp.rename(self.model_dir)
-        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+        self._checkpoints.clear()
 
     # ---------------------------------------------------------------------------------------------- sampling
     _unet: UNet2DModel | None = None

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.checkpoints import StepCheckpoints
 from synthaug.generators.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
 from synthaug.generators.sd_common import (
@@ -409,34 +410,19 @@ class MVCGenerator(Generator):
             unet.disable_gradient_checkpointing()
         self._save_final(base, unet)
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted((self.workdir / "checkpoints").glob("step-*"))
+    @property
+    def _checkpoints(self) -> StepCheckpoints:
+        return StepCheckpoints(self.workdir / "checkpoints")
 
     def _save_checkpoint(self, step: int, unet, optimizer, lr_schedule) -> None:
-        final = self.workdir / "checkpoints" / f"step-{step:07d}"
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        unet.save_pretrained(tmp / "unet")  # safetensors
-        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-        tmp.rename(final)  # a folder without ".partial" is complete
-        for old in self._checkpoints()[:-2]:
-            shutil.rmtree(old)
+        self._checkpoints.save(step, lambda folder: unet.save_pretrained(folder / "unet"), optimizer, lr_schedule)
 
     def _resume(self, unet, optimizer, lr_schedule) -> int:
-        for stale in (self.workdir / "checkpoints").glob("*.partial"):
-            shutil.rmtree(stale)
-        ckpts = self._checkpoints()
-        if not ckpts:
+        found = self._checkpoints.restore(optimizer, lr_schedule)
+        if found is None:
             return 0
-        last = ckpts[-1]
+        last, step = found
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(last / "unet").state_dict())
-        state = torch.load(last / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        step = json.loads((last / "state.json").read_text())["step"]
-        log.info("Resuming mvc fine-tuning from %s (step %d).", last, step)
         return step
 
     def _save_final(self, base: DiffusionPipeline, unet: UNet2DConditionModel) -> None:
@@ -451,7 +437,7 @@ class MVCGenerator(Generator):
                                            "config": self.config.model_dump(mode="json")})
         shutil.rmtree(self.model_dir, ignore_errors=True)
         tmp.rename(self.model_dir)
-        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+        self._checkpoints.clear()
 
     # ---------------------------------------------------------------------------------------------- sampling
     def pipeline(self) -> DiffusionPipeline:

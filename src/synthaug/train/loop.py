@@ -13,12 +13,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
+from synthaug.registry import registered
 from synthaug.report.plots import training_curves_plot
 from synthaug.train.augment import AUGMENTS, SYNTHETIC_PRESETS, create_transform, eval_transform
 from synthaug.train.batch_mix import BATCH_MIXES, create_batch_mix, hard_labels
@@ -35,14 +36,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: str = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
+    loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     weight_k: float = Field(1.0, gt=0)  # weighted-ce: w_i = k / N_i
-    mixing: str = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, two-phase
+    mixing: registered(MIXING) = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, ...
     # balanced-batch: the synthetic part of every batch; rsp: the probability p that a batch slot is synthetic
     synthetic_share: float = Field(0.5, ge=0, lt=1)
-    augment: str = "none"  # augmentation preset (none, basic, soft, hard, synthetic, autoaugment, ...)
-    batch_mix: str = "none"  # batch-level "cutmix", "mixup", "cutmix-or-mixup" (soft targets per label group)
+    augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
+    batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
     batch_mix_alpha: float = Field(1.0, gt=0)  # CutMix/MixUp: λ ~ Beta(α, α)
     epochs: int = Field(15, ge=1)  # epochs (two-phase: of phase 1, on real + synthetic images)
     phase2_epochs: int = Field(0, ge=0)  # two-phase: epochs of real-only fine-tuning after phase 1
@@ -57,30 +58,6 @@ class TrainConfig(BaseModel):
     image_size: int | None = None  # None: the real images' size
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(0, ge=0)
-
-    @field_validator("loss")
-    @classmethod
-    def _loss_known(cls, v):
-        LOSSES.get(v)
-        return v
-
-    @field_validator("mixing")
-    @classmethod
-    def _mixing_known(cls, v):
-        MIXING.get(v)
-        return v
-
-    @field_validator("augment")
-    @classmethod
-    def _augment_known(cls, v):
-        AUGMENTS.get(v)
-        return v
-
-    @field_validator("batch_mix")
-    @classmethod
-    def _batch_mix_known(cls, v):
-        BATCH_MIXES.get(v)
-        return v
 
     @model_validator(mode="after")
     def _consistent(self):
