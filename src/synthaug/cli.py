@@ -8,7 +8,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from synthaug.config import ConfigError, ExperimentConfig, load_config
+from synthaug.config import ExperimentConfig, load_config
+from synthaug.errors import ConfigError, UserError
 
 
 def _demo_config() -> Path:
@@ -73,7 +74,7 @@ def cmd_evaluate(args) -> None:
     exp = _experiment(args)
     exp.stats()
     exp.evaluate()
-    print(build_report(exp, None)["markdown"])
+    print(build_report(exp.dir)["markdown"])
 
 
 def cmd_run(args) -> None:
@@ -165,16 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
-        from synthaug.data.sources import DataError
-        from synthaug.experiment import StageMismatch
-        from synthaug.store import StoreError
-
-        if isinstance(e, (ConfigError, DataError, StageMismatch, StoreError, FileNotFoundError, KeyError)) or \
-                type(e) is ValueError:
-            print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-            return 2
-        raise
+    except UserError as e:  # a bad config, data file, setting or path: one line; anything else is a bug
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -16,12 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synthaug.data.sources import SOURCES
+from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
-from synthaug.train.loop import TrainConfig
-
-
-class ConfigError(ValueError):
-    """An invalid experiment config; the message names each bad field and value."""
+from synthaug.train.config import TrainConfig
+from synthaug.errors import ConfigError, SettingError  # noqa: F401  (ConfigError re-exported)
 
 
 class _Strict(BaseModel):
@@ -58,9 +56,9 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _needs(self):
         if self.source in ("imagefolder", "deepfashion-attributes") and not self.root:
-            raise ValueError(f"data.source {self.source!r} needs data.root")
+            raise SettingError(f"data.source {self.source!r} needs data.root")
         if self.source == "manifest" and not self.manifest:
-            raise ValueError("data.source 'manifest' needs data.manifest")
+            raise SettingError("data.source 'manifest' needs data.manifest")
         return self
 
     def loader_options(self) -> dict[str, Any]:
@@ -84,8 +82,6 @@ class GeneratorSection(_Strict):
 
     @model_validator(mode="after")
     def _valid(self):
-        from synthaug.generators import generator_config
-
         generator_config(self.name, self.params)
         return self
 
@@ -107,7 +103,7 @@ class PlanConfig(_Strict):
     @model_validator(mode="after")
     def _rare_attributes_size(self):
         if self.strategy == "rare-attributes" and (self.per_source is None) == (self.total is None):
-            raise ValueError("plan.strategy 'rare-attributes' needs exactly one of plan.per_source (images per "
+            raise SettingError("plan.strategy 'rare-attributes' needs exactly one of plan.per_source (images per "
                              f"source image) and plan.total (images in all), but got per_source={self.per_source}, "
                              f"total={self.total}")
         return self
@@ -160,16 +156,16 @@ class ExperimentConfig(_Strict):
     def _arms_valid(self):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
-            raise ValueError(f"arms: names must be unique, got {names}")
+            raise SettingError(f"arms: names must be unique, got {names}")
         for i, arm in enumerate(self.arms):
             cfg = self.arm_train(arm, where=f"arms.{i}.train")
             if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_MIXINGS:
-                raise ValueError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
+                raise SettingError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
                                  "synthetic: generated or pseudo")
         if any(a.synthetic == "pseudo" for a in self.arms) and self.pseudo.classifier_arm not in names:
-            raise ValueError(f"pseudo.classifier_arm {self.pseudo.classifier_arm!r} is not an arm; arms: {names}")
+            raise SettingError(f"pseudo.classifier_arm {self.pseudo.classifier_arm!r} is not an arm; arms: {names}")
         if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
+            raise SettingError("seeds must list at least one seed")
         return self
 
     def arm_train(self, arm: ArmConfig, where: str = "train") -> TrainConfig:
@@ -178,7 +174,7 @@ class ExperimentConfig(_Strict):
         try:
             return TrainConfig(**merged)
         except ValidationError as e:
-            raise ValueError(_format_errors(e, where)) from None
+            raise SettingError(_format_errors(e, where)) from None
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.arms:

@@ -27,12 +27,9 @@ from synthaug.plan import (
 from synthaug.store import SyntheticStore
 from synthaug.train import TrainConfig, load_classifier, predict, train_classifier
 from synthaug.utils import read_json, resolve_device, write_json
+from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class StageMismatch(RuntimeError):
-    pass
 
 
 class Experiment:
@@ -148,7 +145,7 @@ class Experiment:
             return np.bincount(np.asarray(first, dtype=np.int64), minlength=schema.group_sizes[0])
         real = self.train_counts[0]
         if not schema.is_single_label:
-            raise ValueError(f"plan.strategy {p.strategy!r} plans per-class counts of single-label data, but this "
+            raise SettingError(f"plan.strategy {p.strategy!r} plans per-class counts of single-label data, but this "
                              f"data has {len(schema.groups)} label groups; use plan.strategy: rare-attributes.")
         if p.strategy == "balance":
             return balance_counts(real, p.target)
@@ -297,4 +294,4 @@ class Experiment:
                 for seed in self.cfg.seeds:
                     self.train_arm(arm, seed)
         judge = self.judge()
-        return build_report(self, judge)
+        return build_report(self.dir)

@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
 
 
 def load_tensor(
@@ -24,10 +25,10 @@ def load_tensor(
         t = to_tensor(images.image(i))
         out.append(resize(t) if resize is not None else t)
     if not out:
-        raise ValueError("No images to load.")
+        raise SettingError("No images to load.")
     shapes = {tuple(t.shape) for t in out}
     if len(shapes) > 1:
-        raise ValueError(f"Images have different sizes {sorted(shapes)[:4]}; set an image_size to resize them.")
+        raise SettingError(f"Images have different sizes {sorted(shapes)[:4]}; set an image_size to resize them.")
     return torch.stack(out)
 
 

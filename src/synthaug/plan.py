@@ -19,6 +19,8 @@ import numpy as np
 from synthaug.data.schema import LabelSchema
 from synthaug.data.stats import ShotThresholds
 from synthaug.utils import atomic_write, derive_seed
+from synthaug.errors import SettingError
+from synthaug.generators.captions import caption, check_template
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def balance_counts(real_counts: Sequence[int], target: int | None = None) -> np.
     real = np.asarray(real_counts, dtype=np.int64)
     target = int(real.max()) if target is None else int(target)
     if target < 0:
-        raise ValueError(f"plan target must be >= 0, but got {target=}.")
+        raise SettingError(f"plan target must be >= 0, but got {target=}.")
     return np.maximum(target - real, 0)
 
 
@@ -65,9 +67,9 @@ def fixed_counts(num_classes: int, per_class: Mapping[int, int]) -> np.ndarray:
     out = np.zeros(num_classes, dtype=np.int64)
     for c, n in per_class.items():
         if not 0 <= c < num_classes:
-            raise ValueError(f"plan class index {c} is out of range 0..{num_classes - 1}.")
+            raise SettingError(f"plan class index {c} is out of range 0..{num_classes - 1}.")
         if n < 0:
-            raise ValueError(f"plan count for class {c} must be >= 0, but got {n}.")
+            raise SettingError(f"plan count for class {c} must be >= 0, but got {n}.")
         out[c] = n
     return out
 
@@ -75,7 +77,7 @@ def fixed_counts(num_classes: int, per_class: Mapping[int, int]) -> np.ndarray:
 def ratio_counts(real_counts: Sequence[int], ratio: float) -> np.ndarray:
     """round(ratio × real count) synthetic images per class."""
     if ratio < 0:
-        raise ValueError(f"plan ratio must be >= 0, but got {ratio=}.")
+        raise SettingError(f"plan ratio must be >= 0, but got {ratio=}.")
     return np.rint(np.asarray(real_counts, dtype=np.float64) * ratio).astype(np.int64)
 
 
@@ -87,10 +89,10 @@ def make_items(
     Item ids are ``<class name>-<k:05d>``; ``prompts`` (one per class) fills ``PlanItem.prompt``.
     """
     if not schema.is_single_label:
-        raise ValueError("make_items plans single-label data; plan multi-attribute data from source images.")
+        raise SettingError("make_items plans single-label data; plan multi-attribute data from source images.")
     g = schema.groups[group]
     if len(counts) != len(g.classes):
-        raise ValueError(f"counts has {len(counts)} entries but group {g.name!r} has {len(g.classes)} classes.")
+        raise SettingError(f"counts has {len(counts)} entries but group {g.name!r} has {len(g.classes)} classes.")
     items = []
     for c, n in enumerate(counts):
         for k in range(int(n)):
@@ -106,7 +108,7 @@ def rare_classes(schema: LabelSchema, labels: np.ndarray, thresholds: ShotThresh
     ``rare_shots`` groups ("few", "medium", "many") under ``thresholds``."""
     unknown = sorted(set(rare_shots) - {"many", "medium", "few"})
     if unknown or not rare_shots:
-        raise ValueError(f"plan.rare_shots must name shot groups among 'few', 'medium', 'many', but got "
+        raise SettingError(f"plan.rare_shots must name shot groups among 'few', 'medium', 'many', but got "
                          f"{list(rare_shots)}.")
     labels = np.asarray(labels).reshape(-1, len(schema.groups))
     counts = [np.bincount(labels[:, g], minlength=n) for g, n in enumerate(schema.group_sizes)]
@@ -148,12 +150,10 @@ def rare_attribute_items(
         ValueError: neither or both of ``per_source`` / ``total``, no image with a rare class, or a template
             field the schema lacks.
     """
-    from synthaug.generators.captions import caption, check_template  # captions imports this module
-
     if (per_source is None) == (total is None):
-        raise ValueError(f"Give exactly one of plan.per_source and plan.total, but got {per_source=}, {total=}.")
+        raise SettingError(f"Give exactly one of plan.per_source and plan.total, but got {per_source=}, {total=}.")
     if (per_source or total) < 1:
-        raise ValueError(f"plan.per_source / plan.total must be >= 1, but got {per_source or total}.")
+        raise SettingError(f"plan.per_source / plan.total must be >= 1, but got {per_source or total}.")
     if template is not None:
         check_template(schema, template)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(ids), len(schema.groups))
@@ -162,7 +162,7 @@ def rare_attribute_items(
     is_rare = np.stack([rare[g][labels[:, g]] for g in range(len(schema.groups))], 1)
     sources = np.flatnonzero(is_rare.any(1))
     if not len(sources):
-        raise ValueError(f"No training image has a rare attribute class (shot groups {list(rare_shots)} with "
+        raise SettingError(f"No training image has a rare attribute class (shot groups {list(rare_shots)} with "
                          f"many > {thresholds.many}, few < {thresholds.few}); raise data.shots.few, or add "
                          "'medium' to plan.rare_shots.")
     count_of = np.stack([counts[g][labels[:, g]] for g in range(len(schema.groups))], 1)

@@ -1,16 +1,24 @@
-"""Name-keyed registries, in the manner of timm's ``register_model`` / ``create_model``."""
+"""Name-keyed registries, in the manner of timm's ``register_model`` / ``create_model``.
+
+A registry can *declare* a name with the import path of its implementation (``"pkg.module:attr"``) before
+that module is imported: config validation then checks names without importing torch or diffusers, and
+:meth:`Registry.get` imports the implementation on first use. The implementation module still registers
+itself with ``@REGISTRY.register(name)``, which fills in the declared entry.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from typing import Annotated, Callable, Generic, TypeVar
 
 from pydantic import AfterValidator
+from synthaug.errors import SettingError, UserError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(UserError, KeyError, ValueError):
     """An unknown registry name; a ValueError too, so config validators report it as a field error."""
 
     def __str__(self) -> str:
@@ -22,33 +30,40 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages ("generator", "loss", ...).
+        declared: ``{name: "module:attribute"}`` entries imported lazily on first :meth:`get`.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, declared: dict[str, str] | None = None):
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T | str] = dict(declared or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered.")
+            current = self._entries.get(name)
+            if current is not None and not (isinstance(current, str) and current == _path_of(obj)):
+                raise SettingError(f"{self.kind} {name!r} is already registered (as {current!r}).")
             self._entries[name] = obj
             return obj
 
         return decorator
 
     def get(self, name: str) -> T:
-        """Returns the entry registered as ``name``.
+        """Returns the entry registered as ``name``, importing a declared implementation on first use.
 
         Raises:
-            KeyError: if no entry has that name; the message lists the valid names.
+            UnknownNameError: if no entry has that name; the message lists the valid names.
         """
         try:
-            return self._entries[name]
+            entry = self._entries[name]
         except KeyError:
             raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}; valid names: {', '.join(sorted(self._entries))}."
             ) from None
+        if isinstance(entry, str):
+            module, attr = entry.split(":")
+            entry = getattr(importlib.import_module(module), attr)
+            self._entries[name] = entry
+        return entry
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style ``pattern`` (``"*bsm*"``), sorted."""
@@ -58,9 +73,15 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def check(self, name: str) -> str:
-        """``name`` if registered (for config validation), else :class:`UnknownNameError`."""
-        self.get(name)
+        """``name`` if registered or declared (for config validation; imports nothing), else
+        :class:`UnknownNameError`."""
+        if name not in self._entries:
+            self.get(name)
         return name
+
+
+def _path_of(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
 
 
 def registered(registry: Registry) -> type:

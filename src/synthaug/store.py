@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from synthaug.data.schema import LabeledImages, LabelSchema
+from synthaug.errors import StoreError  # noqa: F401  (re-exported)
 from synthaug.plan import PlanItem, load_plan, save_plan
 from synthaug.utils import atomic_write, read_json, write_json
 
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 
 METADATA = "metadata.jsonl"
 IMAGES = "images"
-
-
-class StoreError(RuntimeError):
-    pass
 
 
 class SyntheticStore:

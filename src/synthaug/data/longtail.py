@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
@@ -20,9 +21,9 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> lis
         imbalance_ratio: ρ = n_max / n_min, at least 1.
     """
     if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1, but got {imbalance_ratio=}.")
+        raise SettingError(f"imbalance_ratio must be >= 1, but got {imbalance_ratio=}.")
     if num_classes < 1 or n_max < 1:
-        raise ValueError(f"Need num_classes >= 1 and n_max >= 1, but got {num_classes=}, {n_max=}.")
+        raise SettingError(f"Need num_classes >= 1 and n_max >= 1, but got {num_classes=}, {n_max=}.")
     if num_classes == 1:
         return [n_max]
     return [max(1, round(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1)))) for c in range(num_classes)]
@@ -42,11 +43,11 @@ def class_ranking(classes: Sequence[str], class_order: str | Sequence[str] | Non
     if class_order == "random":
         return [int(i) for i in np.random.default_rng(seed).permutation(n)]
     if isinstance(class_order, str):
-        raise ValueError(f"class_order must be 'natural', 'reverse', 'random' or a list of class names, "
+        raise SettingError(f"class_order must be 'natural', 'reverse', 'random' or a list of class names, "
                          f"but got {class_order!r}.")
     names = [str(c) for c in class_order]
     if sorted(names) != sorted(classes):
-        raise ValueError(f"class_order must list every class exactly once; got {names}, classes are {list(classes)}.")
+        raise SettingError(f"class_order must list every class exactly once; got {names}, classes are {list(classes)}.")
     return [list(classes).index(c) for c in names]
 
 
@@ -68,7 +69,7 @@ def longtail_subsample(
     for rank, c in enumerate(ranking):
         idx = np.flatnonzero(images.labels[:, 0] == c)
         if len(idx) < quota[rank]:
-            raise ValueError(f"Class {group.classes[c]!r} has {len(idx)} images but the long-tail profile asks "
+            raise SettingError(f"Class {group.classes[c]!r} has {len(idx)} images but the long-tail profile asks "
                              f"for {quota[rank]}; lower data.longtail.n_max.")
         keep.append(rng.permutation(idx)[: quota[rank]])
     return images.subset(np.sort(np.concatenate(keep)))

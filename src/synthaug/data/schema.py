@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from synthaug.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,10 @@ class LabelGroup:
 
     def __post_init__(self):
         if not self.classes:
-            raise ValueError(f"Label group {self.name!r} has no classes.")
+            raise SettingError(f"Label group {self.name!r} has no classes.")
         if len(set(self.classes)) != len(self.classes):
             dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
-            raise ValueError(f"Label group {self.name!r} repeats class names: {dupes}.")
+            raise SettingError(f"Label group {self.name!r} repeats class names: {dupes}.")
 
     def index(self, class_name: str) -> int:
         try:
@@ -98,7 +99,7 @@ class LabeledImages:
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(len(self.ids), len(self.schema.groups))
         if (self.pixels is None) == (self.paths is None):
-            raise ValueError("LabeledImages needs exactly one of pixels or paths.")
+            raise SettingError("LabeledImages needs exactly one of pixels or paths.")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -19,16 +19,13 @@ from PIL import Image, UnidentifiedImageError
 
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.registry import Registry
+from synthaug.errors import DataError, SettingError  # noqa: F401  (DataError re-exported)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 OnBad = Literal["error", "skip"]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and value at fault."""
 
 
 @dataclass
@@ -140,7 +137,7 @@ def check_images(
         DataError: naming the file and where it came from, when ``on_bad_image="error"``.
     """
     if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
+        raise SettingError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
     good, skipped = [], []
     for i, (path, src) in enumerate(zip(paths, where)):
         problem = None

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.data.schema import LabelSchema
+from synthaug.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class ShotThresholds:
 
     def __post_init__(self):
         if self.few > self.many:
-            raise ValueError(f"Shot thresholds need few <= many, but got few={self.few}, many={self.many}.")
+            raise SettingError(f"Shot thresholds need few <= many, but got few={self.few}, many={self.many}.")
 
     def group(self, count: int) -> str:
         if count > self.many:

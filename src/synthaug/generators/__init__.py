@@ -1,15 +1,27 @@
-"""Generators, one registry. Importing this package registers every built-in generator."""
+"""Generators, one registry (:data:`GENERATORS`, declared in :mod:`synthaug.generators.configs`).
 
-from synthaug.generators.base import (
-    GENERATORS, Generator, GeneratorConfig, create_generator, fill_store, generator_config, register_generator,
-)
-from synthaug.generators import ddpm as _ddpm  # noqa: F401  (registers "ddpm")
-from synthaug.generators import sd_text2img as _sd_text2img  # noqa: F401  (registers "sd-text2img")
-from synthaug.generators import sd_finetune as _sd_finetune  # noqa: F401  (registers "sd-finetune")
-from synthaug.generators import pseudo_label as _pseudo_label  # noqa: F401  (registers "pseudo-label")
-from synthaug.generators import unclip_augcond as _unclip_augcond  # noqa: F401  (registers "unclip-augcond")
-from synthaug.generators import mvc as _mvc  # noqa: F401  (registers "mvc")
+Built-in generators are declared by name and imported on first use, so importing this package (or validating
+a config) imports neither torch nor diffusers. The names below resolve lazily (PEP 562).
+"""
+
+from synthaug.generators.configs import GENERATORS, GeneratorConfig, generator_config
+
+_LAZY = {"Generator", "create_generator", "fill_store", "register_generator"}
 
 
-__all__ = ["GENERATORS", "Generator", "GeneratorConfig", "create_generator", "fill_store", "generator_config",
+def __getattr__(name: str):
+    if name in _LAZY:
+        from synthaug.generators import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'synthaug.generators' has no attribute {name!r}")
+
+
+def load_all() -> None:
+    """Imports every declared generator (e.g. to list their config classes or run contract tests)."""
+    for name in GENERATORS.names():
+        GENERATORS.get(name)
+
+
+__all__ = ["GENERATORS", "GeneratorConfig", "create_generator", "fill_store", "generator_config", "load_all",
            "register_generator"]

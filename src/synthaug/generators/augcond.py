@@ -18,16 +18,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-METHODS = (
-    "random-image", "dropout",
-    "mixup", "mixup-dropout", "embed-mixup", "embed-mixup-dropout",
-    "cutmix", "cutmix-dropout", "embed-cutmix", "embed-cutmix-dropout",
-)
-Method = Literal[
-    "random-image", "dropout",
-    "mixup", "mixup-dropout", "embed-mixup", "embed-mixup-dropout",
-    "cutmix", "cutmix-dropout", "embed-cutmix", "embed-cutmix-dropout",
-]
+from synthaug.generators.configs import METHODS, Method  # noqa: E402  (plain data)
+from synthaug.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ def parse_method(name: str) -> Recipe:
         ValueError: for an unknown name; the message lists the valid ones.
     """
     if name not in METHODS:
-        raise ValueError(f"Unknown augmentation-conditioning method {name!r}; valid: {', '.join(METHODS)}.")
+        raise SettingError(f"Unknown augmentation-conditioning method {name!r}; valid: {', '.join(METHODS)}.")
     dropout = name == "dropout" or name.endswith("-dropout")
     core = name.removesuffix("-dropout")
     space = "embedding" if core.startswith("embed-") else "pixel"
@@ -67,14 +59,14 @@ def parse_method(name: str) -> Recipe:
 def sample_lambda(alpha: float, rng: np.random.Generator) -> float:
     """λ ~ Beta(α, α), the mixing weight of Mixup and CutMix (α = 1 gives λ ~ U(0, 1))."""
     if alpha <= 0:
-        raise ValueError(f"mix_alpha must be > 0, but got {alpha=}.")
+        raise SettingError(f"mix_alpha must be > 0, but got {alpha=}.")
     return float(rng.beta(alpha, alpha))
 
 
 def mixup(first: torch.Tensor, second: torch.Tensor, lam: float) -> torch.Tensor:
     """Mixup (Zhang et al., 2018): the convex combination λ·first + (1 − λ)·second (same shapes)."""
     if first.shape != second.shape:
-        raise ValueError(f"mixup needs equal shapes, but got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise SettingError(f"mixup needs equal shapes, but got {tuple(first.shape)} and {tuple(second.shape)}.")
     return lam * first + (1.0 - lam) * second
 
 
@@ -106,7 +98,7 @@ def cutmix(
         The mixed image and λ adjusted to the exact pasted area: 1 − box area / (H·W).
     """
     if first.shape != second.shape:
-        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
+        raise SettingError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}.")
     height, width = first.shape[-2:]
     top, bottom, left, right = cutmix_box(height, width, lam, rng)
@@ -126,7 +118,7 @@ def cutmix_embedding(
         The mixed embedding and λ adjusted to the exact pasted length: 1 − span / D.
     """
     if first.shape != second.shape:
-        raise ValueError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
+        raise SettingError(f"cutmix needs equal shapes, but got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}.")
     dim = first.shape[-1]
     lo, hi = _cut(dim, int(dim * (1.0 - lam)), rng)
@@ -144,7 +136,7 @@ def embedding_dropout(
     expected embedding is unchanged; without it they keep their values and the norm shrinks.
     """
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be in [0, 1), but got {p=}.")
+        raise SettingError(f"dropout p must be in [0, 1), but got {p=}.")
     keep = torch.from_numpy(rng.random(tuple(embedding.shape)) >= p).to(embedding.device)
     out = embedding * keep.to(embedding.dtype)
     return out / (1.0 - p) if rescale else out

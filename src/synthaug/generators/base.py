@@ -19,24 +19,15 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.plan import PlanItem
-from synthaug.registry import Registry
+from synthaug.generators.configs import GENERATORS, GeneratorConfig, generator_config  # noqa: F401
 from synthaug.store import SyntheticStore
+from synthaug.errors import SettingError
 
 log = logging.getLogger(__name__)
-
-GENERATORS: Registry = Registry("generator")
-
-
-class GeneratorConfig(BaseModel):
-    """Base of every generator config: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
 
 class Generator:
     """Base class. Subclasses set ``name`` and ``config_class`` and implement ``generate``."""
@@ -79,23 +70,6 @@ def register_generator(name: str):
     return decorator
 
 
-def generator_config(name: str, params: dict[str, Any] | None) -> GeneratorConfig:
-    """Validates ``params`` against the config class of generator ``name``.
-
-    Raises:
-        ValueError: naming each bad field (``generator.params.<field>``) and its value.
-    """
-    cls = GENERATORS.get(name)
-    try:
-        return cls.config_class(**(params or {}))
-    except ValidationError as e:
-        problems = "; ".join(
-            f"generator.params.{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
-            for err in e.errors()
-        )
-        raise ValueError(f"Invalid config for generator {name!r}: {problems}") from None
-
-
 def create_generator(
     name: str, params: dict[str, Any] | GeneratorConfig | None, schema: LabelSchema, *,
     device: torch.device | str = "cpu", workdir: str | Path = ".", seed: int = 0,
@@ -116,7 +90,7 @@ def fill_store(
     pending items, so the union equals the single-process result.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, but got {batch_size=}.")
+        raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
     pending = store.attach_plan(items) if process_index == 0 else [
         it for it in items if it.item_id not in store.done_ids()]
     pending = list(pending)[process_index::num_processes]

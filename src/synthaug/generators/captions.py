@@ -11,10 +11,13 @@ A template is a ``str.format`` pattern over these fields (class names with under
 from __future__ import annotations
 
 import string
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from synthaug.data.schema import LabelSchema
-from synthaug.plan import PlanItem
+from synthaug.errors import SettingError
+
+if TYPE_CHECKING:  # plan imports this module; PlanItem is only a type here
+    from synthaug.plan import PlanItem
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     "single_label": "a photo of a {class}",  # CLIP's and SD's usual single-label prompt
@@ -47,12 +50,12 @@ def check_template(schema: LabelSchema, template: str) -> None:
     try:
         used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ValueError(f"prompt_template {template!r} is not a valid str.format pattern: {e}.") from None
+        raise SettingError(f"prompt_template {template!r} is not a valid str.format pattern: {e}.") from None
     allowed = template_fields(schema)
     for f in used:
         if f not in allowed:
             hint = " ({class} needs single-label data; use {attributes})" if f == "class" else ""
-            raise ValueError(f"prompt_template {template!r} uses field {{{f}}}{hint}; allowed fields for "
+            raise SettingError(f"prompt_template {template!r} uses field {{{f}}}{hint}; allowed fields for "
                              f"this label schema: {', '.join('{' + a + '}' for a in allowed)}.")
 
 
@@ -71,7 +74,7 @@ def caption(schema: LabelSchema, labels: Sequence[int] | None, template: str | N
         return ""
     template = default_template(schema) if template is None else template
     if len(labels) != len(schema.groups):
-        raise ValueError(f"labels {tuple(labels)} has {len(labels)} entries but the schema has "
+        raise SettingError(f"labels {tuple(labels)} has {len(labels)} entries but the schema has "
                          f"{len(schema.groups)} label groups.")
     names = {g.name: label_words(g.classes[int(i)]) for g, i in zip(schema.groups, labels)}
     values = {**names, "attributes": " ".join(names.values())}

@@ -27,45 +27,19 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
-from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.configs import DDPMConfig
+from synthaug.generators.base import Generator, register_generator
 from synthaug.generators.checkpoints import StepCheckpoints
 from synthaug.imaging import load_tensor, to_pil
 from synthaug.plan import PlanItem
-from synthaug.utils import autocast, derive_seed
+from synthaug.utils import autocast, derive_seed, resolve_precision
+from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
-class DDPMConfig(GeneratorConfig):
-    # --- network
-    image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
-    block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
-    layers_per_block: int = 2
-    attention: bool = False  # self-attention blocks at the lowest resolution
-    # GroupNorm groups; keep several channels per group: with one channel per group (diffusers' default of 32
-    # groups on a 32-channel level) the norm strips every channel's mean and samples get grey backgrounds
-    norm_num_groups: int = Field(8, ge=1)
-    conditional: bool = True  # False: an unconditional model (for pseudo-labelling)
-    # --- training
-    train_steps: int = Field(2500, ge=0)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = 0.0
-    label_dropout: float = Field(0.1, ge=0, le=1)  # classifier-free guidance: P(label -> null) in training
-    class_balanced: bool = False  # draw batches with P(image) ∝ 1 / count(its class)
-    ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast for training and sampling
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
-    # --- sampling
-    sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
-    sampling_steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
-    checkpoint: str | None = None  # a trained model folder to sample from instead of training
 
 
 @register_generator("ddpm")
@@ -82,6 +56,10 @@ class DDPMGenerator(Generator):
         return (self.model_dir / "unet" / "config.json").is_file()
 
     @property
+    def precision(self) -> str:
+        return resolve_precision(self.config.precision, self.device, what="generator.params.precision")
+
+    @property
     def num_classes(self) -> int:
         return len(self.schema.groups[0].classes)
 
@@ -89,10 +67,10 @@ class DDPMGenerator(Generator):
         c = self.config
         levels = len(c.block_out_channels)
         if any(ch % c.norm_num_groups for ch in c.block_out_channels):
-            raise ValueError(f"generator.params.block_out_channels {list(c.block_out_channels)} must all be divisible "
+            raise SettingError(f"generator.params.block_out_channels {list(c.block_out_channels)} must all be divisible "
                              f"by generator.params.norm_num_groups={c.norm_num_groups}.")
         if size % (2 ** (levels - 1)):
-            raise ValueError(f"image_size {size} must be divisible by {2 ** (levels - 1)} for {levels} levels "
+            raise SettingError(f"image_size {size} must be divisible by {2 ** (levels - 1)} for {levels} levels "
                              "(generator.params.block_out_channels); set generator.params.image_size.")
         down = ["DownBlock2D"] * levels
         up = ["UpBlock2D"] * levels
@@ -116,7 +94,7 @@ class DDPMGenerator(Generator):
         if c.checkpoint:
             return
         if not self.schema.is_single_label:
-            raise ValueError("The ddpm generator conditions on one label group; this schema has "
+            raise SettingError("The ddpm generator conditions on one label group; this schema has "
                              f"{len(self.schema.groups)}.")
         data = load_tensor(real, size=c.image_size, progress=False) * 2 - 1
         labels = torch.as_tensor(real.labels[:, 0])
@@ -144,7 +122,7 @@ class DDPMGenerator(Generator):
                 drop = (torch.rand(c.batch_size, generator=g) < c.label_dropout).to(self.device)
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             xt = noise_scheduler.add_noise(x0, noise, t)  # 2. forward process q(x_t | x_0)
-            with autocast(self.device, c.precision):
+            with autocast(self.device, self.precision):
                 pred = unet(xt, t, class_labels=y if c.conditional else None).sample
             loss = F.mse_loss(pred.float(), noise)  # 3. ε-prediction objective
             optimizer.zero_grad(set_to_none=True)
@@ -202,7 +180,7 @@ class DDPMGenerator(Generator):
     def _load(self) -> UNet2DModel:
         if self._unet is None:
             if not self.is_fitted():
-                raise FileNotFoundError(f"No trained ddpm model in {self.model_dir} (looked for unet/config.json); "
+                raise MissingFileError(f"No trained ddpm model in {self.model_dir} (looked for unet/config.json); "
                                         "run fit first or set generator.params.checkpoint to a trained model.")
             self._unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
         return self._unet
@@ -214,7 +192,7 @@ class DDPMGenerator(Generator):
         conditional = unet.config.num_class_embeds is not None
         null = (unet.config.num_class_embeds or 1) - 1
         if not conditional and any(it.labels is not None for it in items):
-            raise ValueError("This ddpm model is unconditional; it cannot generate labelled items. "
+            raise SettingError("This ddpm model is unconditional; it cannot generate labelled items. "
                              "Use the pseudo-label generator to label its samples.")
         scheduler = SAMPLERS[c.sampler].from_pretrained(self.model_dir / "scheduler")
         if c.sampler == "dpmsolver++":
@@ -230,7 +208,7 @@ class DDPMGenerator(Generator):
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
             labels = torch.cat([y, torch.full_like(y, null)]) if guided else y
-            with autocast(self.device, c.precision):
+            with autocast(self.device, self.precision):
                 eps = unet(model_in, t, class_labels=labels if conditional else None).sample.float()
             if guided:  # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
                 eps_cond, eps_uncond = eps.chunk(2)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from synthaug.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ def mix_embeddings(
         ValueError: if the shapes or step counts are invalid.
     """
     if embeddings.ndim != 3 or embeddings.shape[0] == 0:
-        raise ValueError(f"embeddings must be (n >= 1, m, d), but got shape {tuple(embeddings.shape)}.")
+        raise SettingError(f"embeddings must be (n >= 1, m, d), but got shape {tuple(embeddings.shape)}.")
     if coarse_steps < 0 or fine_steps < 0:
-        raise ValueError(f"coarse_steps and fine_steps must be >= 0, but got {coarse_steps=}, {fine_steps=}.")
+        raise SettingError(f"coarse_steps and fine_steps must be >= 0, but got {coarse_steps=}, {fine_steps=}.")
     n, m, d = embeddings.shape
     if start is not None and not 0 <= start < n:
-        raise ValueError(f"start must be in 0..{n - 1}, but got {start=}.")
+        raise SettingError(f"start must be in 0..{n - 1}, but got {start=}.")
     # 1. start from a (random) embedding of the class
     base = int(rng.integers(n)) if start is None else start
     mixed = embeddings[base].clone()

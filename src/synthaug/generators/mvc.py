@@ -43,7 +43,8 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
-from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.configs import MVCConfig
+from synthaug.generators.base import Generator, register_generator
 from synthaug.generators.checkpoints import StepCheckpoints
 from synthaug.generators.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
@@ -54,46 +55,11 @@ from synthaug.generators.sd_common import (
 from synthaug.generators.real_images import class_pools, load_real_images, pick_sources, save_real_images
 from synthaug.plan import PlanItem
 from synthaug.utils import autocast, derive_seed, read_json, write_json
+from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
 
 
-class MVCConfig(GeneratorConfig):
-    """Defaults: the study's method (fine-tuned, captions with its prefix); sampling knobs are diffusers'
-    InstructPix2Pix defaults, training knobs those of the ``train_instruct_pix2pix.py`` docs example.
-    P and Q are not given in the text we could consult; their defaults are ours (see the comments)."""
-
-    mode: Literal["pretrained", "finetuned"] = "finetuned"  # the study compares both
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # base SD pipeline folder or hub id
-    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
-    checkpoint: str | None = None  # finetuned: a trained mvc pipeline folder to sample from (no training)
-    # --- captions
-    captioner: str | None = None  # BLIP-2 folder or hub id (the study: BLIP-2); None: captions from labels
-    caption_prefix: str = "This is an image of {attributes}"  # the study's prefix ({attributes} = class name)
-    caption_template: str | None = None  # no captioner: appended after the prefix; None: the prefix alone
-    caption_max_new_tokens: int = Field(30, ge=1)  # BLIP-2 caption length limit
-    # --- Algorithm 1
-    coarse_steps: int = Field(1, ge=0)  # P: blocks of whole rows copied (ours: 1 ≈ a third of the tokens)
-    fine_steps: int = Field(5, ge=0)  # Q: pieces of single rows copied (ours: 5)
-    # --- sampling
-    guidance_scale: float = Field(7.5, ge=0)  # text classifier-free guidance (diffusers' default)
-    image_guidance_scale: float = Field(1.5, ge=0)  # image guidance of image-conditioned models (1.5)
-    num_inference_steps: int = Field(50, ge=1)
-    scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler
-    resolution: int | None = Field(None, ge=8, multiple_of=8)  # train/sample size; None: the model's own
-    dtype: Precision | Literal["auto"] = "auto"  # sampling weights: "auto" = fp16 on CUDA, fp32 on CPU
-    enable_compile: bool = False  # torch.compile the UNet for sampling (GPU; first batch slow)
-    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
-    # --- fine-tuning (finetuned mode; the example: 256 px, 15000 steps of 4 x 4 accumulated images)
-    train_steps: int = Field(2000, ge=0)  # optimisation steps (ours: our datasets are far smaller)
-    batch_size: int = Field(4, ge=1)  # the example's 4 per micro-batch
-    learning_rate: float = Field(5e-5, gt=0)  # the example's 5e-5, constant after warm-up
-    lr_warmup_steps: int = Field(0, ge=0)
-    conditioning_dropout: float = Field(0.05, ge=0, le=1 / 3)  # P(drop text) = P(drop image) = P(both)
-    max_grad_norm: float = Field(1.0, gt=0)
-    train_precision: Literal["fp32", "bf16"] = "fp32"  # autocast while training (fp32 master weights)
-    gradient_checkpointing: bool = False  # trade compute for memory (large models)
-    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
 
 
 def add_image_channels(unet: UNet2DConditionModel, extra: int = 4) -> UNet2DConditionModel:
@@ -131,7 +97,7 @@ def instruct_pix2pix_loss(
     elif prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
-        raise ValueError(f"Cannot fine-tune a model with prediction_type={prediction_type!r}; "
+        raise SettingError(f"Cannot fine-tune a model with prediction_type={prediction_type!r}; "
                          "supported: 'epsilon', 'v_prediction'.")
     pred = unet(torch.cat([noisy, image_latents], dim=1), timesteps, text_embeds).sample
     return F.mse_loss(pred.float(), target.float())
@@ -153,14 +119,14 @@ def blip2_captions(
             "a hub id such as 'Salesforce/blip2-opt-2.7b' that is cached (HF_HOME) or reachable; or leave "
             "generator.params.captioner unset to caption from the labels alone.")
     if captioner.startswith(("/", ".", "~")) and not path.is_dir():
-        raise FileNotFoundError(f"generator.params.captioner={captioner!r}: no such folder "
+        raise MissingFileError(f"generator.params.captioner={captioner!r}: no such folder "
                                 f"(resolved to {path.resolve()}). {hint}")
     try:
         processor = Blip2Processor.from_pretrained(captioner, local_files_only=local_files_only)
         model = Blip2ForConditionalGeneration.from_pretrained(
             captioner, dtype=dtype, local_files_only=local_files_only).to(device).eval()
     except OSError as e:
-        raise FileNotFoundError("Could not load the BLIP-2 captioner "
+        raise MissingFileError("Could not load the BLIP-2 captioner "
                                 f"generator.params.captioner={captioner!r}: {e}. {hint}") from e
     out: list[str] = []
     for start in tqdm(range(0, len(images), batch_size), desc="caption (BLIP-2)", unit="batch"):
@@ -205,7 +171,7 @@ class MVCGenerator(Generator):
         if self.config.caption_template is not None:
             check_template(self.schema, self.config.caption_template)
         if self.config.mode == "pretrained" and self.config.checkpoint is not None:
-            raise ValueError("generator.params.checkpoint is a fine-tuned mvc model, used with mode "
+            raise SettingError("generator.params.checkpoint is a fine-tuned mvc model, used with mode "
                              "'finetuned'; for mode 'pretrained' name the pipeline in "
                              "generator.params.model.")
         self._used: dict[str, dict[str, Any]] = {}
@@ -253,7 +219,7 @@ class MVCGenerator(Generator):
         pipe = load_pipeline(c.model, device=self.device, pipeline="DiffusionPipeline", dtype=dtype,
                              local_files_only=c.local_files_only)
         if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInstructPix2PixPipeline)):
-            raise ValueError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; mvc mixes "
+            raise SettingError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; mvc mixes "
                              "the CLIP text embeddings of Stable Diffusion 1.x/2.x (StableDiffusionPipeline, "
                              "or an InstructPix2Pix one). Use such a checkpoint, e.g. "
                              "stable-diffusion-v1-5/stable-diffusion-v1-5.")
@@ -281,7 +247,7 @@ class MVCGenerator(Generator):
             FileNotFoundError: if the base model or the captioner cannot be loaded.
         """
         if len(real) == 0:
-            raise ValueError("mvc needs real training images to caption and condition on, but got none.")
+            raise SettingError("mvc needs real training images to caption and condition on, but got none.")
         save_real_images(real, self.workdir / "real")
         self._real = self._embeds = None
         base = None
@@ -310,20 +276,20 @@ class MVCGenerator(Generator):
         """Raises a clear error when ``checkpoint`` names no pipeline folder."""
         resolve_checkpoint(self.config.checkpoint, field="generator.params.checkpoint")
         if not (self.model_dir / "model_index.json").is_file():
-            raise FileNotFoundError(f"generator.params.checkpoint={self.config.checkpoint!r} is not a folder "
+            raise MissingFileError(f"generator.params.checkpoint={self.config.checkpoint!r} is not a folder "
                                     "holding model_index.json; give the `model` folder an mvc fit wrote.")
 
     def _require_fitted(self) -> None:
         c = self.config
         if not self._embeddings_current():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"mvc has no caption embeddings in {self.workdir} for this data and config (looked for "
                 "real/real.json and text_embeds.json/.safetensors); run fit(real) first (`synthaug generate` "
                 "does).")
         if c.mode == "finetuned" and c.checkpoint is not None:
             self._check_checkpoint()
         elif c.mode == "finetuned" and not self.is_fitted():
-            raise FileNotFoundError(f"No fine-tuned mvc model in {self.model_dir} (looked for "
+            raise MissingFileError(f"No fine-tuned mvc model in {self.model_dir} (looked for "
                                     "model_index.json); run fit(real) with mode 'finetuned' to train it, or "
                                     "set generator.params.checkpoint to a trained one.")
 
@@ -475,7 +441,7 @@ class MVCGenerator(Generator):
             start_id = item.source_ids[len(picked)]
             start = next((k for k, i in enumerate(pool.tolist()) if real.ids[i] == start_id), None)
             if start is None:
-                raise ValueError(f"Item {item.item_id!r} names source id {start_id!r}, which is not a real "
+                raise SettingError(f"Item {item.item_id!r} names source id {start_id!r}, which is not a real "
                                  f"image of its class {real.schema.names(label)}.")
         mixed = mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
                                fine_steps=c.fine_steps, rng=rng, start=start)

@@ -17,17 +17,13 @@ from PIL import Image
 from pydantic import Field
 from torchvision.transforms import v2
 
-from synthaug.generators.base import Generator, GeneratorConfig, create_generator, register_generator
+from synthaug.generators.configs import PseudoLabelConfig
+from synthaug.generators.base import Generator, create_generator, register_generator
 from synthaug.plan import PlanItem
 from synthaug.train.augment import eval_transform
 from synthaug.train.models import load_classifier
 
 
-class PseudoLabelConfig(GeneratorConfig):
-    classifier: str  # folder of a classifier saved by `synthaug train` (model.safetensors + classifier.json)
-    base: str = "ddpm"  # the generator that draws unconditional samples
-    base_params: dict[str, Any] = Field(default_factory=dict)
-    base_workdir: str | None = None  # where the base generator keeps its trained model (default: workdir/base)
 
 
 @register_generator("pseudo-label")

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.plan import PlanItem
 from synthaug.utils import atomic_write, read_json, write_json
+from synthaug.errors import SettingError, MissingFileError
 
 
 def save_real_images(real: LabeledImages, folder: Path) -> None:
@@ -42,14 +43,14 @@ def load_real_images(folder: Path, schema: LabelSchema) -> LabeledImages:
     """
     record = folder / "real.json"
     if not record.is_file():
-        raise FileNotFoundError(f"No real images recorded in {folder} (looked for real.json); this generator "
+        raise MissingFileError(f"No real images recorded in {folder} (looked for real.json); this generator "
                                 "needs the real training images: run fit(real) first (`synthaug generate` "
                                 "does).")
     d = read_json(record)
     paths = [folder / f if not Path(f).is_absolute() else Path(f) for f in d["files"]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} real image(s) recorded in {record} are gone (e.g. "
+        raise MissingFileError(f"{len(missing)} real image(s) recorded in {record} are gone (e.g. "
                                 f"{missing[:2]}); restore them or run fit again on the current data.")
     return LabeledImages(schema=schema, labels=np.asarray(d["labels"], dtype=np.int64), ids=d["ids"],
                          paths=paths, mode=d.get("mode", "RGB"), origin=d.get("origin", ""))
@@ -73,17 +74,17 @@ def pick_sources(
         ValueError: for an unlabelled item, a class with no real image, or an unknown source id.
     """
     if item.labels is None:
-        raise ValueError(f"Item {item.item_id!r} has no labels; this generator conditions on real images of "
+        raise SettingError(f"Item {item.item_id!r} has no labels; this generator conditions on real images of "
                          "the item's class, so every plan item needs labels.")
     pool = pools.get(tuple(item.labels))
     if pool is None:
-        raise ValueError(f"Item {item.item_id!r} asks for class {real.schema.names(item.labels)} but fit was "
+        raise SettingError(f"Item {item.item_id!r} asks for class {real.schema.names(item.labels)} but fit was "
                          "given no real image of it; add real images of that class or drop it from the plan.")
     chosen = []
     for id_ in item.source_ids[:count]:
         i = next((int(i) for i in pool if real.ids[i] == id_), None)
         if i is None:
-            raise ValueError(f"Item {item.item_id!r} names source id {id_!r}, which is not a real image of "
+            raise SettingError(f"Item {item.item_id!r} names source id {id_!r}, which is not a real image of "
                              f"its class {real.schema.names(item.labels)} given to fit.")
         chosen.append(i)
     rest = count - len(chosen)

@@ -26,8 +26,8 @@ from diffusers.utils import deprecation_utils
 from synthaug.plan import PlanItem
 from synthaug.utils import read_json, torch_dtype
 
-Precision = Literal["fp32", "bf16", "fp16"]
-SchedulerName = Literal["default", "ddim", "pndm", "dpmsolver++", "euler", "euler-ancestral", "ddpm"]
+from synthaug.generators.configs import Precision, SchedulerName  # noqa: E402  (plain data)
+from synthaug.errors import SettingError, MissingFileError
 
 # name -> (class, overrides applied on top of the checkpoint's scheduler config)
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -67,18 +67,18 @@ def resolve_checkpoint(model: str, *, field: str = "generator.params.model") -> 
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{field}={model!r} is a folder but holds no model_index.json, so it is not a diffusers "
                 "pipeline. Save one there with `pipe.save_pretrained(folder)`, or give a hub id.")
         return str(path.resolve()), True
     if path.is_file() or model.endswith(_SINGLE_FILE_SUFFIXES):
-        raise ValueError(
+        raise SettingError(
             f"{field}={model!r} is a single-file checkpoint; a diffusers pipeline folder or hub id is "
             "needed. Convert it once with "
             "`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`.")
     looks_like_path = model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
     if looks_like_path:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{field}={model!r}: no such folder (resolved to {path.resolve()}). Give the folder of a "
             "pipeline saved with `save_pretrained` (it holds model_index.json), or a hub id such as "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
@@ -92,7 +92,7 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
         ValueError: for fp16 on a non-CUDA device or an unknown precision.
     """
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"dtype='fp16' needs a CUDA device, but the device is {device}; "
+        raise SettingError(f"dtype='fp16' needs a CUDA device, but the device is {device}; "
                          "use 'bf16' or 'fp32'.")
     return torch_dtype(precision)
 
@@ -116,7 +116,7 @@ def pipeline_class(name: str | type) -> type:
     cls = getattr(diffusers, name, None)
     is_auto = name.startswith("AutoPipeline")
     if not (isinstance(cls, type) and (is_auto or issubclass(cls, DiffusionPipeline))):
-        raise ValueError(f"pipeline={name!r} is not a diffusers pipeline class; use 'auto' or a class name "
+        raise SettingError(f"pipeline={name!r} is not a diffusers pipeline class; use 'auto' or a class name "
                          "such as 'StableDiffusionPipeline' or 'StableDiffusionXLPipeline'.")
     return cls
 
@@ -189,7 +189,7 @@ def set_scheduler(pipe: DiffusionPipeline, name: SchedulerName) -> None:
     if name == "default":
         return
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler={name!r} is not known; valid: default, {', '.join(SCHEDULERS)}.")
+        raise SettingError(f"scheduler={name!r} is not known; valid: default, {', '.join(SCHEDULERS)}.")
     cls, overrides = SCHEDULERS[name]
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
 

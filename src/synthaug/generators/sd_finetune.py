@@ -39,11 +39,13 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
+from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
 from synthaug.generators.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
-from synthaug.generators.sd_text2img import SDText2ImgConfig, SDText2ImgGenerator
+from synthaug.generators.sd_text2img import SDText2ImgGenerator
 from synthaug.utils import atomic_write, derive_seed, read_json, write_json
+from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +58,6 @@ _TRAINING_FIELDS = (
 )
 
 
-class SDFinetuneConfig(SDText2ImgConfig):
-    """Fine-tuning knobs, then sd-text2img's sampling knobs. Defaults: the DeepFashion study (SD v1-1, 1,500
-    steps, rare classes, label captions) where it says, else diffusers' text-to-image training examples."""
-
-    # --- what to train on
-    classes: list[str] | None = None  # class names ("floral" or "pattern=floral") to train on; None = all
-    # --- how
-    mode: Literal["lora", "full"] = "lora"  # LoRA adapter on the UNet's attention, or the whole UNet
-    train_steps: int = Field(1500, ge=0)  # optimizer updates; the study fine-tuned for 1,500 steps
-    learning_rate: float | None = Field(None, gt=0)  # None: 1e-4 for lora, 1e-5 for full (diffusers' READMEs)
-    lr_warmup_steps: int = Field(0, ge=0)  # constant learning rate after a linear warm-up
-    batch_size: int = Field(1, ge=1)  # images per micro-batch (diffusers README examples: 1 ...)
-    gradient_accumulation_steps: int = Field(4, ge=1)  # ... with 4 accumulation steps
-    resolution: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD v1)
-    lora_rank: int = Field(4, ge=1)  # LoRA rank r (diffusers' train_text_to_image_lora.py default)
-    lora_alpha: int | None = Field(None, ge=1)  # LoRA scale numerator; None = lora_rank (scale 1)
-    lora_target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections
-    gradient_checkpointing: bool = False  # trade compute for GPU memory
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate autocast; fp16 needs CUDA
-    ema: bool = False  # keep an exponential moving average of the trained weights and save that
-    ema_decay: float = Field(0.9999, gt=0, lt=1)  # diffusers EMAModel default
-    max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
-    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints (diffusers default 500)
-    checkpoint: str | None = None  # sample from this fine-tuned model folder (an earlier workdir/model)
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.mode == "lora" else 1e-5
 
 
 # ------------------------------------------------------------------------------------------ training data
@@ -105,9 +77,9 @@ def export_captioned_images(images: LabeledImages, captions: Sequence[str], root
     """
     root = Path(root)
     if len(captions) != len(images):
-        raise ValueError(f"Got {len(captions)} captions for {len(images)} images.")
+        raise SettingError(f"Got {len(captions)} captions for {len(images)} images.")
     if not len(images):
-        raise ValueError("No images to export.")
+        raise SettingError("No images to export.")
     records = [{"file_name": f"images/{k:06d}.png", "text": text, "id": images.ids[k],
                 "labels": images.schema.names(images.labels[k])} for k, text in enumerate(captions)]
     if (root / "metadata.jsonl").is_file() and _read_metadata(root) == records:
@@ -133,7 +105,7 @@ def _read_metadata(root: Path) -> list[dict]:
                 continue
             rec = json.loads(line)
             if "file_name" not in rec or "text" not in rec:
-                raise ValueError(f"{path} line {lineno} lacks 'file_name' or 'text'; every line needs both.")
+                raise SettingError(f"{path} line {lineno} lacks 'file_name' or 'text'; every line needs both.")
             records.append(rec)
     return records
 
@@ -268,12 +240,12 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
                 keys.setdefault(name, (g, c))
         unknown = [name for name in classes if name not in keys]
         if unknown:
-            raise ValueError(f"generator.params.classes names unknown classes {unknown}; "
+            raise SettingError(f"generator.params.classes names unknown classes {unknown}; "
                              f"known: {sorted(keys)}.")
         wanted = [keys[name] for name in classes]
         keep = [k for k in range(len(real)) if any(real.labels[k, g] == c for g, c in wanted)]
         if not keep:
-            raise ValueError(f"No training images have the classes {classes} (generator.params.classes).")
+            raise SettingError(f"No training images have the classes {classes} (generator.params.classes).")
         return real.subset(keep)
 
     def train(self, data_dir: str | Path, *, accelerator: Accelerator | None = None) -> None:
@@ -287,7 +259,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         sd_1_or_2 = isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) and \
             getattr(pipe, "text_encoder_2", None) is None
         if not sd_1_or_2:
-            raise ValueError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; sd-finetune "
+            raise SettingError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; sd-finetune "
                              "trains SD 1.x/2.x pipelines (one CLIP text encoder and a "
                              "UNet2DConditionModel).")
         resolution = c.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -345,7 +317,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
     def _accelerator(self) -> Accelerator:
         c = self.config
         if c.mixed_precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("generator.params.mixed_precision='fp16' needs a CUDA device; "
+            raise SettingError("generator.params.mixed_precision='fp16' needs a CUDA device; "
                              "use 'bf16' or 'no'.")
         try:
             return Accelerator(mixed_precision=c.mixed_precision, cpu=self.device.type == "cpu",
@@ -353,7 +325,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         except ValueError as e:
             if "already been initialized" not in str(e):
                 raise
-            raise ValueError(
+            raise SettingError(
                 f"generator.params.mixed_precision={c.mixed_precision!r} differs from the mixed precision "
                 "accelerate was already set up with in this process, and accelerate allows one per process. "
                 "Use the same value, or run fine-tuning in a process of its own.") from None
@@ -413,13 +385,13 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         if state.get("training") != self.training_fingerprint():
             saved = state.get("training", {})
             changed = sorted(k for k, v in self.training_fingerprint().items() if saved.get(k) != v)
-            raise ValueError(f"{last} was trained with other settings (changed: {changed}). Delete "
+            raise SettingError(f"{last} was trained with other settings (changed: {changed}). Delete "
                              f"{last.parent} to start over, or use another workdir.")
         trainable = load_file(last / "trainable.safetensors")
         result = unet.load_state_dict(trainable, strict=False)
         wanted = {n for n, p in unet.named_parameters() if p.requires_grad}
         if result.unexpected_keys or wanted - set(trainable):
-            raise ValueError(f"{last}/trainable.safetensors does not match the model being trained; "
+            raise SettingError(f"{last}/trainable.safetensors does not match the model being trained; "
                              f"delete {last.parent} to start over.")
         if ema is not None and (last / "ema.safetensors").is_file():
             shadow = load_file(last / "ema.safetensors")
@@ -458,7 +430,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         c = self.config
         info_path = self.model_dir / MODEL_INFO
         if not info_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No fine-tuned sd-finetune model in {self.model_dir} (looked for {MODEL_INFO}); run fit "
                 "first, or set generator.params.checkpoint to an earlier run's workdir/model.")
         info = read_json(info_path)

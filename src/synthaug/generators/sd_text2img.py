@@ -15,7 +15,8 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from pydantic import Field
 
-from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.configs import SDText2ImgConfig
+from synthaug.generators.base import Generator, register_generator
 from synthaug.generators.captions import captions_for_items, check_template, default_template
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, set_scheduler,
@@ -23,23 +24,6 @@ from synthaug.generators.sd_common import (
 from synthaug.plan import PlanItem
 
 
-class SDText2ImgConfig(GeneratorConfig):
-    """Sampling knobs. Defaults are Stable Diffusion's own (the diffusers pipeline defaults used by the
-    label-caption studies): guidance 7.5, 50 steps, the checkpoint's scheduler (PNDM for SD v1)."""
-
-    model: str  # a pipeline folder saved with save_pretrained (has model_index.json) or a hub id
-    pipeline: str = "auto"  # "auto" = AutoPipelineForText2Image; or a class, e.g. "StableDiffusionXLPipeline"
-    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
-    prompt_template: str | None = None  # None: captions.DEFAULT_TEMPLATES (see that module for the fields)
-    negative_prompt: str | None = None  # e.g. "blurry, low quality"; None = no negative prompt
-    guidance_scale: float = Field(7.5, ge=0)  # classifier-free guidance weight; SD default 7.5; <= 1 disables
-    num_inference_steps: int = Field(50, ge=1)  # denoising steps; SD default 50
-    scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler (PNDM in SD v1.x)
-    height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD 1.x)
-    width: int | None = Field(None, ge=8, multiple_of=8)
-    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
-    enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
-    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
 
 
 @register_generator("sd-text2img")

@@ -27,7 +27,8 @@ from synthaug.data.schema import LabeledImages
 from synthaug.generators.augcond import (
     Method, cutmix, cutmix_embedding, embedding_dropout, mixup, parse_method, sample_lambda,
 )
-from synthaug.generators.base import Generator, GeneratorConfig, register_generator
+from synthaug.generators.configs import UnCLIPAugCondConfig
+from synthaug.generators.base import Generator, register_generator
 from synthaug.generators.real_images import class_pools, image_tensor, load_real_images, pick_sources, save_real_images
 from synthaug.generators.captions import captions_for_items, check_template
 from synthaug.generators.sd_common import (
@@ -36,29 +37,11 @@ from synthaug.generators.sd_common import (
 from synthaug.imaging import to_pil
 from synthaug.plan import PlanItem
 from synthaug.utils import derive_seed
+from synthaug.errors import SettingError
 
 # ------------------------------------------------------------------------------------ generator
 
 
-class UnCLIPAugCondConfig(GeneratorConfig):
-    """Defaults are the study's (Chen et al., 2025): SD 2.1 unCLIP, PNDM, 30 steps, guidance 2.0, p = 0.4."""
-
-    model: str = "stabilityai/stable-diffusion-2-1-unclip"  # StableUnCLIPImg2ImgPipeline folder or hub id
-    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
-    method: Method = "random-image"  # the conditioning; "random-image" is the study's baseline (see METHODS)
-    prompt_template: str = "{attributes}"  # the study prompts with the class name ({attributes} = class name)
-    guidance_scale: float = Field(2.0, ge=0)  # study: 2.0 large-scale training from scratch, 10.0 few-shot
-    num_inference_steps: int = Field(30, ge=1)  # study: 30 PNDM steps
-    scheduler: SchedulerName = "pndm"  # study: PNDM
-    noise_level: int = Field(0, ge=0)  # unCLIP noise augmentation of the image embedding (pipeline default 0)
-    mix_alpha: float = Field(1.0, gt=0)  # Mixup/CutMix λ ~ Beta(α, α); 1 = λ uniform, as Yun et al. 2019
-    dropout_p: float = Field(0.4, ge=0, lt=1)  # study: p = 0.4 on the image embedding
-    dropout_rescale: bool = True  # scale kept entries by 1/(1-p) like F.dropout, keeping E[embedding]
-    height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (768 for SD 2.1)
-    width: int | None = Field(None, ge=8, multiple_of=8)
-    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
-    enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
-    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
 
 
 @register_generator("unclip-augcond")
@@ -89,7 +72,7 @@ class UnCLIPAugCondGenerator(Generator):
     def fit(self, real: LabeledImages) -> None:
         """Records the real images to condition on (no training)."""
         if len(real) == 0:
-            raise ValueError("unclip-augcond needs real training images to condition on, but got none.")
+            raise SettingError("unclip-augcond needs real training images to condition on, but got none.")
         save_real_images(real, self.real_dir)
         self._real = None
 

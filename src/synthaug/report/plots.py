@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthaug.utils import read_json
-
-if TYPE_CHECKING:
-    from synthaug.experiment import Experiment
 
 
 def _pyplot():
@@ -22,53 +18,34 @@ def _pyplot():
     return plt
 
 
-def per_class_accuracy_plot(exp: "Experiment", path: Path) -> Path:
+def per_class_accuracy_plot(run_dir: Path, path: Path) -> Path:
     """Grouped bars: mean per-class test accuracy (first label group) of every arm, classes head → tail."""
+    from synthaug.report.tables import run_config, seed_results
+
     plt = _pyplot()
-    classes = exp.splits.schema.groups[0].classes
+    cfg = run_config(run_dir)
+    counts_by_class = read_json(Path(run_dir) / "data" / "stats.json")["groups"][0]["counts"]
+    classes = list(counts_by_class)
+    counts = np.asarray([counts_by_class[c] for c in classes])
     arms = []
-    for arm in exp.cfg.arms:
+    for arm in cfg.arms:
         accs = []
-        for seed in exp.cfg.seeds:
-            p = exp.dir / "train" / arm.name / f"seed{seed}" / "metrics.json"
-            if p.is_file():
-                pc = next(iter(read_json(p)["groups"].values()))["per_class"]
-                accs.append([np.nan if pc[c] is None else pc[c] for c in classes])
+        for m in seed_results(run_dir, arm.name, cfg.seeds):
+            pc = next(iter(m["groups"].values()))["per_class"]
+            accs.append([np.nan if pc[c] is None else pc[c] for c in classes])
         if accs:
             arms.append((arm.name, np.nanmean(np.asarray(accs, dtype=float), 0)))
-    order = np.argsort(-exp.train_counts[0], kind="stable")
+    order = np.argsort(-counts, kind="stable")
     width = 0.8 / max(len(arms), 1)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * max(1, len(arms) / 3)), 3.6))
     for k, (name, acc) in enumerate(arms):
         ax.bar(np.arange(len(classes)) + k * width, 100 * acc[order], width, label=name)
     ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2,
-                  [f"{classes[i]}\n({exp.train_counts[0][i]})" for i in order], fontsize=8)
+                  [f"{classes[i]}\n({counts[i]})" for i in order], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("class (training images)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def training_curves_plot(curves_csv: Path, path: Path) -> Path:
-    """Loss and accuracy per epoch (train and, when present, validation)."""
-    import csv
-
-    plt = _pyplot()
-    with open(curves_csv) as f:
-        rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-    epochs = [r["epoch"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
-    for key, ax in (("loss", a1), ("acc", a2)):
-        for split in ("train", "val"):
-            if f"{split}_{key}" in rows[0]:
-                ax.plot(epochs, [r[f"{split}_{key}"] for r in rows], label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

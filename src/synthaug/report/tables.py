@@ -1,16 +1,19 @@
-"""Result tables: one row per arm, mean ± std over seeds, as Markdown and CSV."""
+"""Result tables: one row per arm, mean ± std over seeds, as Markdown and CSV.
+
+Everything here renders from the files of a run folder (``config.yaml``, ``data/``, ``train/<arm>/seed<k>/``,
+``judge/``), never from live objects, so a report can be rebuilt from a finished run alone.
+"""
 
 from __future__ import annotations
 
 import csv
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from synthaug.utils import read_json, write_json
-
-if TYPE_CHECKING:
-    from synthaug.experiment import Experiment
 
 COLUMNS = ["overall", "many", "medium", "few"]
 
@@ -28,16 +31,27 @@ def _fmt(mean: float | None, std: float | None, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-def collect_rows(exp: "Experiment") -> list[dict[str, Any]]:
+def run_config(run_dir: Path):
+    """The resolved experiment config saved in ``run_dir/config.yaml``."""
+    from synthaug.config import build_config
+
+    return build_config(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()),
+                        source=str(Path(run_dir) / "config.yaml"))
+
+
+def seed_results(run_dir: Path, arm: str, seeds) -> list[dict]:
+    """``metrics.json`` of every finished seed of ``arm``."""
+    paths = [Path(run_dir) / "train" / arm / f"seed{s}" / "metrics.json" for s in seeds]
+    return [read_json(p) for p in paths if p.is_file()]
+
+
+def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Per arm: the metric columns over the seeds that have finished."""
+    cfg = run_config(run_dir)
     rows = []
-    for arm in exp.cfg.arms:
-        tcfg = exp.cfg.arm_train(arm)
-        per_seed = []
-        for seed in exp.cfg.seeds:
-            path = exp.dir / "train" / arm.name / f"seed{seed}" / "metrics.json"
-            if path.is_file():
-                per_seed.append(read_json(path))
+    for arm in cfg.arms:
+        tcfg = cfg.arm_train(arm)
+        per_seed = seed_results(run_dir, arm.name, cfg.seeds)
         if not per_seed:
             continue
         row = {"arm": arm.name, "loss": tcfg.loss, "mixing": tcfg.mixing, "synthetic": arm.synthetic,
@@ -61,17 +75,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(exp: "Experiment", judge: dict | None = None) -> dict[str, Any]:
-    """Writes ``report/results.md``, ``results.csv``, ``summary.json`` and plots; returns the summary."""
-    folder = exp.dir / "report"
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """Writes ``report/results.md``, ``results.csv``, ``summary.json`` and plots from the files of a run
+    folder; returns the summary."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = collect_rows(exp)
-    stats = read_json(exp.dir / "data" / "stats.json")["groups"][0]
+    rows = collect_rows(run_dir)
+    stats = read_json(run_dir / "data" / "stats.json")["groups"][0]
+    sizes = read_json(run_dir / "data" / "done.json")
+    judge_record = run_dir / "judge" / "done.json"
+    judge = read_json(judge_record) if judge_record.is_file() else None
     shots = stats["shot_groups"]
-    md = [f"# {exp.cfg.name}", "",
+    md = [f"# {cfg.name}", "",
           f"Training images per class: {stats['counts']} (imbalance ratio {stats['imbalance_ratio']:.0f}); "
           f"many-shot {shots['many']}, medium {shots['medium']}, few {shots['few']}. "
-          f"Test: {len(exp.splits.test)} images. Seeds: {exp.cfg.seeds} (mean ± sample std).", "",
+          f"Test: {sizes['test']} images. Seeds: {cfg.seeds} (mean ± sample std).", "",
           markdown_table(rows)]
     if judge and judge.get("synthetic_label_accuracy"):
         per_class = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in judge["synthetic_label_accuracy"].items())
@@ -88,5 +108,5 @@ def build_report(exp: "Experiment", judge: dict | None = None) -> dict[str, Any]
     if rows:
         from synthaug.report.plots import per_class_accuracy_plot
 
-        per_class_accuracy_plot(exp, folder / "per_class_accuracy.png")
+        per_class_accuracy_plot(run_dir, folder / "per_class_accuracy.png")
     return summary

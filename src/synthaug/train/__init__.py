@@ -1,7 +1,19 @@
-from synthaug.train.loop import TrainConfig, predict, train_classifier
-from synthaug.train.losses import LOSSES, create_loss
-from synthaug.train.mixing import MIXING, make_batches
-from synthaug.train.models import ModelConfig, create_classifier, load_classifier, parameter_counts
+"""Classifier training. Configs and registries (:mod:`synthaug.train.config`) are plain data; the names below
+resolve lazily (PEP 562), so ``import synthaug.train.config`` does not import torch."""
 
-__all__ = ["LOSSES", "MIXING", "ModelConfig", "TrainConfig", "create_classifier", "create_loss", "load_classifier",
-           "make_batches", "parameter_counts", "predict", "train_classifier"]
+from synthaug.train.config import BATCH_MIXES, AUGMENTS, LOSSES, MIXING, ModelConfig, TrainConfig
+
+_LAZY = {"predict": "loop", "train_classifier": "loop", "create_loss": "losses", "make_batches": "mixing",
+         "create_classifier": "models", "load_classifier": "models", "parameter_counts": "models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"synthaug.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'synthaug.train' has no attribute {name!r}")
+
+
+__all__ = ["AUGMENTS", "BATCH_MIXES", "LOSSES", "MIXING", "ModelConfig", "TrainConfig", "create_classifier",
+           "create_loss", "load_classifier", "make_batches", "parameter_counts", "predict", "train_classifier"]

@@ -22,12 +22,11 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from synthaug.registry import Registry
+from synthaug.train.config import AUGMENTS, SYNTHETIC_PRESETS  # noqa: F401  (re-exported)
+from synthaug.errors import SettingError
 
-AUGMENTS: Registry = Registry("augmentation preset")
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SYNTHETIC_PRESETS = {"synthetic"}  # presets that imply the arm uses the synthetic set
 
 
 def normalize(channels: int) -> v2.Transform:
@@ -56,7 +55,7 @@ class RandomCenterZoom(nn.Module):
     def __init__(self, min_fraction: float = 0.8, p: float = 0.5):
         super().__init__()
         if not 0 < min_fraction <= 1:
-            raise ValueError(f"min_fraction must be in (0, 1], but got {min_fraction=}.")
+            raise SettingError(f"min_fraction must be in (0, 1], but got {min_fraction=}.")
         self.min_fraction, self.p = min_fraction, p
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from synthaug.registry import Registry
+from synthaug.train.config import BATCH_MIXES  # noqa: F401  (re-exported)
+from synthaug.errors import SettingError
 
-BATCH_MIXES: Registry = Registry("batch mix")
 
 
 class BatchMix:
@@ -30,7 +30,7 @@ class BatchMix:
 
     def __init__(self, group_sizes: Sequence[int], alpha: float = 1.0):
         if alpha <= 0:
-            raise ValueError(f"batch_mix_alpha must be > 0, but got {alpha=}.")
+            raise SettingError(f"batch_mix_alpha must be > 0, but got {alpha=}.")
         self.group_sizes = list(group_sizes)
         self.alpha = alpha
 

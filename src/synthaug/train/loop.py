@@ -9,77 +9,25 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
-from synthaug.registry import registered
-from synthaug.report.plots import training_curves_plot
-from synthaug.train.augment import AUGMENTS, SYNTHETIC_PRESETS, create_transform, eval_transform
-from synthaug.train.batch_mix import BATCH_MIXES, create_batch_mix, hard_labels
+from synthaug.train.augment import create_transform, eval_transform
+from synthaug.train.batch_mix import create_batch_mix, hard_labels
 from synthaug.train.data import ImageSet
-from synthaug.train.losses import LOSSES, create_loss
-from synthaug.train.mixing import MIXING, REAL_ONLY, make_batches
-from synthaug.train.models import Classifier, ModelConfig, create_classifier, parameter_counts, save_classifier
-from synthaug.utils import autocast, derive_seed, seed_everything
+from synthaug.train.config import TrainConfig
+from synthaug.train.curves import training_curves_plot, write_curves
+from synthaug.train.losses import create_loss
+from synthaug.train.mixing import make_batches
+from synthaug.train.models import Classifier, create_classifier, parameter_counts, save_classifier
+from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    weight_k: float = Field(1.0, gt=0)  # weighted-ce: w_i = k / N_i
-    mixing: registered(MIXING) = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, ...
-    # balanced-batch: the synthetic part of every batch; rsp: the probability p that a batch slot is synthetic
-    synthetic_share: float = Field(0.5, ge=0, lt=1)
-    augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
-    batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
-    batch_mix_alpha: float = Field(1.0, gt=0)  # CutMix/MixUp: λ ~ Beta(α, α)
-    epochs: int = Field(15, ge=1)  # epochs (two-phase: of phase 1, on real + synthetic images)
-    phase2_epochs: int = Field(0, ge=0)  # two-phase: epochs of real-only fine-tuning after phase 1
-    phase2_lr_scale: float = Field(0.1, gt=0, le=1)  # two-phase: phase-2 learning rate = lr × this, cosine to 0
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
-    momentum: float = 0.9  # sgd
-    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0 (over `epochs`)
-    image_size: int | None = None  # None: the real images' size
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    num_workers: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.augment in SYNTHETIC_PRESETS and self.mixing in REAL_ONLY:
-            raise ValueError(f"augment {self.augment!r} trains on generated images too, but mixing "
-                             f"{self.mixing!r} uses real images only; use mixing combined, balanced-batch, rsp or "
-                             "two-phase (with the arm's synthetic: generated), or augment 'hard'.")
-        if self.mixing == "two-phase" and self.phase2_epochs < 1:
-            raise ValueError("mixing 'two-phase' needs phase2_epochs >= 1 (the real-only fine-tuning epochs).")
-        if self.mixing != "two-phase" and self.phase2_epochs:
-            raise ValueError(f"phase2_epochs={self.phase2_epochs} only applies to mixing 'two-phase', but mixing is "
-                             f"{self.mixing!r}; set phase2_epochs: 0 or mixing: two-phase.")
-        return self
-
-    @property
-    def total_epochs(self) -> int:
-        """Epochs of both phases (``epochs`` + ``phase2_epochs``)."""
-        return self.epochs + self.phase2_epochs
-
-    def phase(self, epoch: int) -> int:
-        """1, or 2 for the real-only epochs of ``two-phase`` (``epoch`` counts from 0)."""
-        return 2 if self.mixing == "two-phase" and epoch >= self.epochs else 1
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -153,6 +101,7 @@ def train_classifier(
     workdir, device = Path(workdir), torch.device(device)
     seed_everything(seed)
     image_size = cfg.image_size or image_size_of(real)
+    precision = resolve_precision(cfg.precision, device, what="train.precision")
     model = create_classifier(cfg.model, real.schema, real.channels).to(device)
     trainable, total = parameter_counts(model)
     log.info("%s: %s trainable / %s total parameters (freeze=%s)", cfg.model.name, f"{trainable:,}", f"{total:,}",
@@ -179,7 +128,7 @@ def train_classifier(
         loader = DataLoader(data, batch_sampler=epoch_batches(epoch), collate_fn=_collate,
                             num_workers=cfg.num_workers)
         row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
-               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, device, cfg.precision)}
+               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, device, precision)}
         if val is not None and len(val):
             logits = predict(model, val, image_size, device=device)
             row["val_loss"] = criterion(logits.to(device), torch.as_tensor(val.labels, device=device)).item()
@@ -189,7 +138,7 @@ def train_classifier(
         _checkpoint(workdir / "last", model, optimizer, schedule, epoch + 1, curves)
     bar.close()
     save_classifier(model, cfg.model, real.schema, real.channels, image_size, workdir / "model")
-    _write_curves(workdir / "curves.csv", curves)
+    write_curves(workdir / "curves.csv", curves)
     training_curves_plot(workdir / "curves.csv", workdir / "curves.png")
     shutil.rmtree(workdir / "last", ignore_errors=True)
     return model.eval()
@@ -232,7 +181,7 @@ def _checkpoint(folder: Path, model, optimizer, schedule, epoch: int, curves: li
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch}, tmp / "trainer.pt")
-    _write_curves(tmp / "curves.csv", curves)
+    write_curves(tmp / "curves.csv", curves)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -249,13 +198,3 @@ def _resume(folder: Path, model, optimizer, schedule) -> tuple[int, list[dict]]:
                   for row in csv.DictReader(f)]
     log.info("Resuming classifier training from %s (epoch %d).", folder, state["epoch"])
     return int(state["epoch"]), curves
-
-
-def _write_curves(path: Path, curves: list[dict]) -> None:
-    if not curves:
-        return
-    keys = list(dict.fromkeys(k for row in curves for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(curves)

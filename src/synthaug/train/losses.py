@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthaug.registry import Registry
+from synthaug.train.config import LOSSES  # noqa: F401  (re-exported)
+from synthaug.errors import SettingError
 
-LOSSES: Registry = Registry("loss")
 
 
 class GroupedLoss(nn.Module):
@@ -24,7 +24,7 @@ class GroupedLoss(nn.Module):
     def __init__(self, class_counts: Sequence[np.ndarray], *, label_smoothing: float = 0.0):
         super().__init__()
         if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), but got {label_smoothing=}.")
+            raise SettingError(f"label_smoothing must be in [0, 1), but got {label_smoothing=}.")
         self.group_sizes = [len(c) for c in class_counts]
         self.label_smoothing = label_smoothing
 

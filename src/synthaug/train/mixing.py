@@ -12,11 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from synthaug.registry import Registry
+from synthaug.train.config import MIXING, REAL_ONLY  # noqa: F401  (re-exported)
+from synthaug.errors import SettingError
 
-MIXING: Registry = Registry("mixing strategy")
 Batches = list[np.ndarray]
-REAL_ONLY = {"real-only", "oversample"}  # strategies that never use the synthetic set
 
 
 def _chunks(order: np.ndarray, batch_size: int) -> Batches:
@@ -67,7 +66,7 @@ def balanced_batch(real_labels, synth_labels, *, batch_size, rng, synthetic_shar
     An epoch is one pass over the real images; synthetic images are drawn in shuffled passes.
     """
     if not 0 <= synthetic_share < 1:
-        raise ValueError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
+        raise SettingError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
     n_real, n_synth = len(real_labels), len(synth_labels)
     per_synth = round(batch_size * synthetic_share) if n_synth else 0
     per_real = batch_size - per_synth
@@ -90,10 +89,10 @@ def random_selection(real_labels, synth_labels, *, batch_size, rng, synthetic_sh
         ValueError: p outside [0, 1), or an empty synthetic set with p > 0.
     """
     if not 0 <= synthetic_share < 1:
-        raise ValueError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
+        raise SettingError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
     n_real, n_synth = len(real_labels), len(synth_labels)
     if n_synth == 0 and synthetic_share > 0:
-        raise ValueError("mixing 'rsp' draws from the synthetic set, but it is empty; generate images first or "
+        raise SettingError("mixing 'rsp' draws from the synthetic set, but it is empty; generate images first or "
                          "use mixing 'real-only'.")
     slots = math.ceil(n_real / (1 - synthetic_share))
     is_synth = rng.random(slots) < synthetic_share
@@ -111,7 +110,7 @@ def two_phase(real_labels, synth_labels, *, batch_size, rng, phase: int = 1, **_
     learning rate scaled by ``phase2_lr_scale``.
     """
     if phase not in (1, 2):
-        raise ValueError(f"two-phase mixing has phases 1 and 2, but got {phase=}.")
+        raise SettingError(f"two-phase mixing has phases 1 and 2, but got {phase=}.")
     if phase == 1:
         return combined(real_labels, synth_labels, batch_size=batch_size, rng=rng)
     return real_only(real_labels, synth_labels, batch_size=batch_size, rng=rng)
@@ -122,5 +121,5 @@ def make_batches(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarra
     """One epoch of batches from the strategy registered as ``strategy``."""
     fn: Callable[..., Batches] = MIXING.get(strategy)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, but got {batch_size=}.")
+        raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
     return fn(np.asarray(real_labels), np.asarray(synth_labels), batch_size=batch_size, rng=rng, **options)

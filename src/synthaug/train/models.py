@@ -6,31 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
-
 import timm
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthaug.data.schema import LabelSchema
+from synthaug.train.config import ModelConfig
+from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    name: str = "small-cnn"  # "small-cnn" or any timm model name (see timm.list_models())
-    pretrained: bool = False  # load ImageNet weights through timm (needs them cached or reachable)
-    head_hidden: list[int] = Field(default_factory=list)  # hidden sizes of the MLP head, e.g. [512, 128]
-    dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each head layer
-    # "all-but-last": only the last `trainable_stages` backbone stages (timm feature_info, e.g. layer4) and the
-    # head train; "all-but-head": only the head. Frozen BatchNorm layers stay in eval mode (running stats kept).
-    freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
-    trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
-    drop_rate: float = Field(0.0, ge=0, lt=1)  # small-cnn: dropout before its classifier
 
 
 class SmallCNN(nn.Module):
@@ -99,11 +84,11 @@ def _freeze(model: Classifier, config: ModelConfig) -> None:
     if config.freeze == "all-but-last" and config.trainable_stages > 0:
         info = getattr(model.backbone, "feature_info", None)
         if info is None:
-            raise ValueError(f"Model {config.name!r} exposes no stages (timm feature_info); use freeze 'none' "
+            raise SettingError(f"Model {config.name!r} exposes no stages (timm feature_info); use freeze 'none' "
                              "or 'all-but-head'.")
         names = [f["module"] for f in info]
         if config.trainable_stages > len(names):
-            raise ValueError(f"train.model.trainable_stages={config.trainable_stages} but {config.name!r} has "
+            raise SettingError(f"train.model.trainable_stages={config.trainable_stages} but {config.name!r} has "
                              f"{len(names)} stages {names}; use at most {len(names)}, or freeze: none.")
         stages = names[-config.trainable_stages:]
         for name, module in model.backbone.named_modules():
@@ -124,14 +109,14 @@ def create_classifier(config: ModelConfig, schema: LabelSchema, in_chans: int) -
     else:
         if not timm.is_model(config.name):
             close = timm.list_models(f"*{config.name.split('_')[0]}*")[:8]
-            raise ValueError(f"Unknown model {config.name!r} (train.model.name); 'small-cnn' or a timm model, "
+            raise SettingError(f"Unknown model {config.name!r} (train.model.name); 'small-cnn' or a timm model, "
                              f"e.g. {close or timm.list_models()[:5]}.")
         try:
             backbone = timm.create_model(config.name, pretrained=config.pretrained, num_classes=0, in_chans=in_chans)
         except (OSError, RuntimeError, ValueError) as e:
             if not config.pretrained:
                 raise
-            raise ValueError(f"Could not load pretrained weights for {config.name!r} (train.model.pretrained: "
+            raise SettingError(f"Could not load pretrained weights for {config.name!r} (train.model.pretrained: "
                              f"true): {type(e).__name__}: {e} Download them once with network access and "
                              "HF_HUB_OFFLINE unset (timm caches them in ~/.cache/huggingface), or set "
                              "train.model.pretrained: false to train from random initialisation.") from None
@@ -164,7 +149,7 @@ def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> t
     folder = Path(folder)
     meta_path = folder / "classifier.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"No classifier in {folder} (missing classifier.json); train one first.")
+        raise MissingFileError(f"No classifier in {folder} (missing classifier.json); train one first.")
     meta = json.loads(meta_path.read_text())
     config = ModelConfig(**{**meta["model"], "pretrained": False})
     model = create_classifier(config, LabelSchema.from_dict(meta["schema"]), meta["in_chans"])

@@ -1,0 +1,220 @@
+"""Typed configs of every generator, as plain data (pydantic only: no torch, no diffusers).
+
+Validating an experiment config and printing ``synthaug --help`` import this module, not the generators.
+Each generator module sets ``config_class`` to its class here; :data:`GENERATORS` declares every built-in
+generator by name and import path, so its implementation (and torch) is imported only when it is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synthaug.registry import Registry
+from synthaug.errors import SettingError
+
+GENERATORS: Registry = Registry("generator", {
+    "ddpm": "synthaug.generators.ddpm:DDPMGenerator",
+    "sd-text2img": "synthaug.generators.sd_text2img:SDText2ImgGenerator",
+    "sd-finetune": "synthaug.generators.sd_finetune:SDFinetuneGenerator",
+    "mvc": "synthaug.generators.mvc:MVCGenerator",
+    "unclip-augcond": "synthaug.generators.unclip_augcond:UnCLIPAugCondGenerator",
+    "pseudo-label": "synthaug.generators.pseudo_label:PseudoLabelGenerator",
+})
+
+Precision = Literal["fp32", "bf16", "fp16"]
+SchedulerName = Literal["default", "ddim", "pndm", "dpmsolver++", "euler", "euler-ancestral", "ddpm"]
+# unCLIP augmented conditioning: the study's baseline, embedding dropout, and Mixup / CutMix in pixel or
+# embedding space, each with or without dropout (see synthaug.generators.augcond)
+Method = Literal[
+    "random-image", "dropout",
+    "mixup", "mixup-dropout", "embed-mixup", "embed-mixup-dropout",
+    "cutmix", "cutmix-dropout", "embed-cutmix", "embed-cutmix-dropout",
+]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class GeneratorConfig(BaseModel):
+    """Base of every generator config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DDPMConfig(GeneratorConfig):
+    # --- network
+    image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
+    layers_per_block: int = 2
+    attention: bool = False  # self-attention blocks at the lowest resolution
+    # GroupNorm groups; keep several channels per group: with one channel per group (diffusers' default of 32
+    # groups on a 32-channel level) the norm strips every channel's mean and samples get grey backgrounds
+    norm_num_groups: int = Field(8, ge=1)
+    conditional: bool = True  # False: an unconditional model (for pseudo-labelling)
+    # --- training
+    train_steps: int = Field(2500, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = 0.0
+    label_dropout: float = Field(0.1, ge=0, le=1)  # classifier-free guidance: P(label -> null) in training
+    class_balanced: bool = False  # draw batches with P(image) ∝ 1 / count(its class)
+    ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
+    # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
+    # --- sampling
+    sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
+    sampling_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
+    checkpoint: str | None = None  # a trained model folder to sample from instead of training
+
+
+class SDText2ImgConfig(GeneratorConfig):
+    """Sampling knobs. Defaults are Stable Diffusion's own (the diffusers pipeline defaults used by the
+    label-caption studies): guidance 7.5, 50 steps, the checkpoint's scheduler (PNDM for SD v1)."""
+
+    model: str  # a pipeline folder saved with save_pretrained (has model_index.json) or a hub id
+    pipeline: str = "auto"  # "auto" = AutoPipelineForText2Image; or a class, e.g. "StableDiffusionXLPipeline"
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    prompt_template: str | None = None  # None: captions.DEFAULT_TEMPLATES (see that module for the fields)
+    negative_prompt: str | None = None  # e.g. "blurry, low quality"; None = no negative prompt
+    guidance_scale: float = Field(7.5, ge=0)  # classifier-free guidance weight; SD default 7.5; <= 1 disables
+    num_inference_steps: int = Field(50, ge=1)  # denoising steps; SD default 50
+    scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler (PNDM in SD v1.x)
+    height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD 1.x)
+    width: int | None = Field(None, ge=8, multiple_of=8)
+    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
+    enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
+    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+
+
+class SDFinetuneConfig(SDText2ImgConfig):
+    """Fine-tuning knobs, then sd-text2img's sampling knobs. Defaults: the DeepFashion study (SD v1-1, 1,500
+    steps, rare classes, label captions) where it says, else diffusers' text-to-image training examples."""
+
+    # --- what to train on
+    classes: list[str] | None = None  # class names ("floral" or "pattern=floral") to train on; None = all
+    # --- how
+    mode: Literal["lora", "full"] = "lora"  # LoRA adapter on the UNet's attention, or the whole UNet
+    train_steps: int = Field(1500, ge=0)  # optimizer updates; the study fine-tuned for 1,500 steps
+    learning_rate: float | None = Field(None, gt=0)  # None: 1e-4 for lora, 1e-5 for full (diffusers' READMEs)
+    lr_warmup_steps: int = Field(0, ge=0)  # constant learning rate after a linear warm-up
+    batch_size: int = Field(1, ge=1)  # images per micro-batch (diffusers README examples: 1 ...)
+    gradient_accumulation_steps: int = Field(4, ge=1)  # ... with 4 accumulation steps
+    resolution: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD v1)
+    lora_rank: int = Field(4, ge=1)  # LoRA rank r (diffusers' train_text_to_image_lora.py default)
+    lora_alpha: int | None = Field(None, ge=1)  # LoRA scale numerator; None = lora_rank (scale 1)
+    lora_target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections
+    gradient_checkpointing: bool = False  # trade compute for GPU memory
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate autocast; fp16 needs CUDA
+    ema: bool = False  # keep an exponential moving average of the trained weights and save that
+    ema_decay: float = Field(0.9999, gt=0, lt=1)  # diffusers EMAModel default
+    max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints (diffusers default 500)
+    checkpoint: str | None = None  # sample from this fine-tuned model folder (an earlier workdir/model)
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.mode == "lora" else 1e-5
+
+
+class MVCConfig(GeneratorConfig):
+    """Defaults: the study's method (fine-tuned, captions with its prefix); sampling knobs are diffusers'
+    InstructPix2Pix defaults, training knobs those of the ``train_instruct_pix2pix.py`` docs example.
+    P and Q are not given in the text we could consult; their defaults are ours (see the comments)."""
+
+    mode: Literal["pretrained", "finetuned"] = "finetuned"  # the study compares both
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # base SD pipeline folder or hub id
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    checkpoint: str | None = None  # finetuned: a trained mvc pipeline folder to sample from (no training)
+    # --- captions
+    captioner: str | None = None  # BLIP-2 folder or hub id (the study: BLIP-2); None: captions from labels
+    caption_prefix: str = "This is an image of {attributes}"  # the study's prefix ({attributes} = class name)
+    caption_template: str | None = None  # no captioner: appended after the prefix; None: the prefix alone
+    caption_max_new_tokens: int = Field(30, ge=1)  # BLIP-2 caption length limit
+    # --- Algorithm 1
+    coarse_steps: int = Field(1, ge=0)  # P: blocks of whole rows copied (ours: 1 ≈ a third of the tokens)
+    fine_steps: int = Field(5, ge=0)  # Q: pieces of single rows copied (ours: 5)
+    # --- sampling
+    guidance_scale: float = Field(7.5, ge=0)  # text classifier-free guidance (diffusers' default)
+    image_guidance_scale: float = Field(1.5, ge=0)  # image guidance of image-conditioned models (1.5)
+    num_inference_steps: int = Field(50, ge=1)
+    scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler
+    resolution: int | None = Field(None, ge=8, multiple_of=8)  # train/sample size; None: the model's own
+    dtype: Precision | Literal["auto"] = "auto"  # sampling weights: "auto" = fp16 on CUDA, fp32 on CPU
+    enable_compile: bool = False  # torch.compile the UNet for sampling (GPU; first batch slow)
+    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+    # --- fine-tuning (finetuned mode; the example: 256 px, 15000 steps of 4 x 4 accumulated images)
+    train_steps: int = Field(2000, ge=0)  # optimisation steps (ours: our datasets are far smaller)
+    batch_size: int = Field(4, ge=1)  # the example's 4 per micro-batch
+    learning_rate: float = Field(5e-5, gt=0)  # the example's 5e-5, constant after warm-up
+    lr_warmup_steps: int = Field(0, ge=0)
+    conditioning_dropout: float = Field(0.05, ge=0, le=1 / 3)  # P(drop text) = P(drop image) = P(both)
+    max_grad_norm: float = Field(1.0, gt=0)
+    train_precision: Literal["fp32", "bf16"] = "fp32"  # autocast while training (fp32 master weights)
+    gradient_checkpointing: bool = False  # trade compute for memory (large models)
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
+
+
+class UnCLIPAugCondConfig(GeneratorConfig):
+    """Defaults are the study's (Chen et al., 2025): SD 2.1 unCLIP, PNDM, 30 steps, guidance 2.0, p = 0.4."""
+
+    model: str = "stabilityai/stable-diffusion-2-1-unclip"  # StableUnCLIPImg2ImgPipeline folder or hub id
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    method: Method = "random-image"  # the conditioning; "random-image" is the study's baseline (see METHODS)
+    prompt_template: str = "{attributes}"  # the study prompts with the class name ({attributes} = class name)
+    guidance_scale: float = Field(2.0, ge=0)  # study: 2.0 large-scale training from scratch, 10.0 few-shot
+    num_inference_steps: int = Field(30, ge=1)  # study: 30 PNDM steps
+    scheduler: SchedulerName = "pndm"  # study: PNDM
+    noise_level: int = Field(0, ge=0)  # unCLIP noise augmentation of the image embedding (pipeline default 0)
+    mix_alpha: float = Field(1.0, gt=0)  # Mixup/CutMix λ ~ Beta(α, α); 1 = λ uniform, as Yun et al. 2019
+    dropout_p: float = Field(0.4, ge=0, lt=1)  # study: p = 0.4 on the image embedding
+    dropout_rescale: bool = True  # scale kept entries by 1/(1-p) like F.dropout, keeping E[embedding]
+    height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (768 for SD 2.1)
+    width: int | None = Field(None, ge=8, multiple_of=8)
+    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
+    enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
+    channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+
+
+class PseudoLabelConfig(GeneratorConfig):
+    classifier: str  # folder of a classifier saved by `synthaug train` (model.safetensors + classifier.json)
+    base: str = "ddpm"  # the generator that draws unconditional samples
+    base_params: dict[str, Any] = Field(default_factory=dict)
+    base_workdir: str | None = None  # where the base generator keeps its trained model (default: workdir/base)
+
+
+
+CONFIGS: dict[str, type[GeneratorConfig]] = {
+    "ddpm": DDPMConfig, "sd-text2img": SDText2ImgConfig, "sd-finetune": SDFinetuneConfig, "mvc": MVCConfig,
+    "unclip-augcond": UnCLIPAugCondConfig, "pseudo-label": PseudoLabelConfig,
+}
+
+
+def config_class(name: str) -> type[GeneratorConfig]:
+    """The config class of generator ``name``; a generator registered from outside this package brings its
+    own (its ``config_class``), which imports it."""
+    GENERATORS.check(name)
+    return CONFIGS.get(name) or GENERATORS.get(name).config_class
+
+
+def generator_config(name: str, params: dict[str, Any] | None) -> GeneratorConfig:
+    """Validates ``params`` against the config class of generator ``name``.
+
+    Raises:
+        ValueError: naming each bad field (``generator.params.<field>``) and its value.
+    """
+    cls = config_class(name)
+    try:
+        return cls(**(params or {}))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"generator.params.{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            for err in e.errors()
+        )
+        raise SettingError(f"Invalid config for generator {name!r}: {problems}") from None

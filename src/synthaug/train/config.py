@@ -1,0 +1,108 @@
+"""Classifier-training configs as plain data (pydantic only: no torch, timm or torchvision).
+
+The registries of losses, mixing strategies, augmentation presets and batch mixes are declared here by name
+and import path, so a config validates without importing their implementations; each implementation module
+registers itself into the same registry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from synthaug.registry import Registry, registered
+from synthaug.errors import SettingError
+
+LOSSES: Registry = Registry("loss", {
+    "ce": "synthaug.train.losses:CrossEntropy",
+    "weighted-ce": "synthaug.train.losses:WeightedCrossEntropy",
+    "balanced-softmax": "synthaug.train.losses:BalancedSoftmax",
+})
+MIXING: Registry = Registry("mixing strategy", {
+    "real-only": "synthaug.train.mixing:real_only",
+    "combined": "synthaug.train.mixing:combined",
+    "oversample": "synthaug.train.mixing:oversample",
+    "balanced-batch": "synthaug.train.mixing:balanced_batch",
+    "rsp": "synthaug.train.mixing:random_selection",
+    "two-phase": "synthaug.train.mixing:two_phase",
+})
+AUGMENTS: Registry = Registry("augmentation preset", {
+    name: f"synthaug.train.augment:preset_{name}"
+    for name in ("none", "digits", "basic", "soft", "hard", "synthetic", "autoaugment", "randaugment",
+                 "trivialaugment")
+})
+BATCH_MIXES: Registry = Registry("batch mix", {
+    "none": "synthaug.train.batch_mix:NoMix",
+    "cutmix": "synthaug.train.batch_mix:CutMix",
+    "mixup": "synthaug.train.batch_mix:MixUp",
+    "cutmix-or-mixup": "synthaug.train.batch_mix:CutMixOrMixUp",
+})
+
+REAL_ONLY = {"real-only", "oversample"}  # mixing strategies that never use the synthetic set
+SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm uses the synthetic set
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 where the hardware runs it natively, else fp32
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = "small-cnn"  # "small-cnn" or any timm model name (see timm.list_models())
+    pretrained: bool = False  # load ImageNet weights through timm (needs them cached or reachable)
+    head_hidden: list[int] = Field(default_factory=list)  # hidden sizes of the MLP head, e.g. [512, 128]
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout before each head layer
+    # "all-but-last": only the last `trainable_stages` backbone stages (timm feature_info, e.g. layer4) and the
+    # head train; "all-but-head": only the head. Frozen BatchNorm layers stay in eval mode (running stats kept).
+    freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
+    trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
+    drop_rate: float = Field(0.0, ge=0, lt=1)  # small-cnn: dropout before its classifier
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    weight_k: float = Field(1.0, gt=0)  # weighted-ce: w_i = k / N_i
+    mixing: registered(MIXING) = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, ...
+    # balanced-batch: the synthetic part of every batch; rsp: the probability p that a batch slot is synthetic
+    synthetic_share: float = Field(0.5, ge=0, lt=1)
+    augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
+    batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
+    batch_mix_alpha: float = Field(1.0, gt=0)  # CutMix/MixUp: λ ~ Beta(α, α)
+    epochs: int = Field(15, ge=1)  # epochs (two-phase: of phase 1, on real + synthetic images)
+    phase2_epochs: int = Field(0, ge=0)  # two-phase: epochs of real-only fine-tuning after phase 1
+    phase2_lr_scale: float = Field(0.1, gt=0, le=1)  # two-phase: phase-2 learning rate = lr × this, cosine to 0
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
+    momentum: float = 0.9  # sgd
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0 (over `epochs`)
+    image_size: int | None = None  # None: the real images' size
+    precision: Precision = "auto"  # autocast; auto = bf16 where native (CUDA bf16, AVX512-BF16/AMX), else fp32
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.augment in SYNTHETIC_PRESETS and self.mixing in REAL_ONLY:
+            raise SettingError(f"augment {self.augment!r} trains on generated images too, but mixing "
+                             f"{self.mixing!r} uses real images only; use mixing combined, balanced-batch, rsp or "
+                             "two-phase (with the arm's synthetic: generated), or augment 'hard'.")
+        if self.mixing == "two-phase" and self.phase2_epochs < 1:
+            raise SettingError("mixing 'two-phase' needs phase2_epochs >= 1 (the real-only fine-tuning epochs).")
+        if self.mixing != "two-phase" and self.phase2_epochs:
+            raise SettingError(f"phase2_epochs={self.phase2_epochs} only applies to mixing 'two-phase', but mixing is "
+                             f"{self.mixing!r}; set phase2_epochs: 0 or mixing: two-phase.")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of both phases (``epochs`` + ``phase2_epochs``)."""
+        return self.epochs + self.phase2_epochs
+
+    def phase(self, epoch: int) -> int:
+        """1, or 2 for the real-only epochs of ``two-phase`` (``epoch`` counts from 0)."""
+        return 2 if self.mixing == "two-phase" and epoch >= self.epochs else 1
