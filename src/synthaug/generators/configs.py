@@ -7,7 +7,7 @@ generator by name and import path, so its implementation (and torch) is imported
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,12 +36,31 @@ METHODS: tuple[str, ...] = get_args(Method)
 
 
 class GeneratorConfig(BaseModel):
-    """Base of every generator config: unknown keys are errors."""
+    """Base of every generator config: unknown keys are errors.
+
+    Fields have one of three roles, which decide what a change invalidates (see ``synthaug.experiment``):
+    *training* fields (the default) make the model: changing one retrains it; *sampling* fields
+    (``sampling_fields``) only change the images drawn from it: changing one regenerates the synthetic set
+    but keeps the model; *performance* fields (``performance_fields``) change neither weights nor images.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    sampling_fields: ClassVar[frozenset[str]] = frozenset()
+    performance_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def training_part(self) -> dict[str, Any]:
+        """The fields that make the model (what the generator stage's record protects)."""
+        skip = self.sampling_fields | self.performance_fields
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
+
+    def sampling_part(self) -> dict[str, Any]:
+        """The fields that change the images drawn from a given model (what the synthetic set protects)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in self.sampling_fields}
 
 
 class DDPMConfig(GeneratorConfig):
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "guidance_scale"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
@@ -75,6 +94,9 @@ class DDPMConfig(GeneratorConfig):
 class SDText2ImgConfig(GeneratorConfig):
     """Sampling knobs. Defaults are Stable Diffusion's own (the diffusers pipeline defaults used by the
     label-caption studies): guidance 7.5, 50 steps, the checkpoint's scheduler (PNDM for SD v1)."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
+                                "height", "width", "dtype"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last"})
 
     model: str  # a pipeline folder saved with save_pretrained (has model_index.json) or a hub id
     pipeline: str = "auto"  # "auto" = AutoPipelineForText2Image; or a class, e.g. "StableDiffusionXLPipeline"
@@ -94,6 +116,10 @@ class SDText2ImgConfig(GeneratorConfig):
 class SDFinetuneConfig(SDText2ImgConfig):
     """Fine-tuning knobs, then sd-text2img's sampling knobs. Defaults: the DeepFashion study (SD v1-1, 1,500
     steps, rare classes, label captions) where it says, else diffusers' text-to-image training examples."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"negative_prompt", "guidance_scale", "num_inference_steps", "scheduler", "height", "width",
+                                "dtype"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last", "checkpoint_every",
+                                   "gradient_checkpointing"})
 
     # --- what to train on
     classes: list[str] | None = None  # class names ("floral" or "pattern=floral") to train on; None = all
@@ -127,6 +153,10 @@ class MVCConfig(GeneratorConfig):
     """Defaults: the study's method (fine-tuned, captions with its prefix); sampling knobs are diffusers'
     InstructPix2Pix defaults, training knobs those of the ``train_instruct_pix2pix.py`` docs example.
     P and Q are not given in the text we could consult; their defaults are ours (see the comments)."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"coarse_steps", "fine_steps", "guidance_scale", "image_guidance_scale", "num_inference_steps",
+                                "scheduler", "dtype"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last", "checkpoint_every",
+                                   "gradient_checkpointing"})
 
     mode: Literal["pretrained", "finetuned"] = "finetuned"  # the study compares both
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # base SD pipeline folder or hub id
@@ -163,6 +193,9 @@ class MVCConfig(GeneratorConfig):
 
 class UnCLIPAugCondConfig(GeneratorConfig):
     """Defaults are the study's (Chen et al., 2025): SD 2.1 unCLIP, PNDM, 30 steps, guidance 2.0, p = 0.4."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"method", "prompt_template", "guidance_scale", "num_inference_steps", "scheduler", "noise_level",
+                                "mix_alpha", "dropout_p", "dropout_rescale", "height", "width", "dtype"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last"})
 
     model: str = "stabilityai/stable-diffusion-2-1-unclip"  # StableUnCLIPImg2ImgPipeline folder or hub id
     local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
