@@ -5,7 +5,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from synthaug.generators import GENERATORS, Generator, GeneratorConfig, register_generator
+from synthaug.generators import GENERATORS, Generated, Generator, GeneratorConfig, register_generator
 
 
 class NoiseConfig(GeneratorConfig):
@@ -19,10 +19,13 @@ if "test-noise" not in GENERATORS:
     class NoiseGenerator(Generator):
         config_class = NoiseConfig
 
-        def generate(self, items):
+        pseudo_control = "noise images from unlabelled items' seeds"
+
+        def sample(self, items):
             time.sleep(self.config.delay * len(items))
             out = []
             for it in items:
                 rng = np.random.default_rng(it.seed)
-                out.append(Image.fromarray(rng.integers(0, 255, (self.config.size,) * 2, dtype=np.uint8)))
+                pixels = rng.integers(0, 255, (self.config.size,) * 2, dtype=np.uint8)
+                out.append(Generated(Image.fromarray(pixels), {"noise_mean": round(float(pixels.mean()), 3)}))
             return out

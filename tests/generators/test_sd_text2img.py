@@ -79,9 +79,9 @@ def test_attribute_captions_resolution_and_knobs(tiny_sd_dir):
     gen = create_generator("sd-text2img", cfg, FASHION)
     items = [PlanItem("x", (1, 1, 0), 5), PlanItem("y", (0, 0, 1), 6, prompt="a photo of a dress")]
     assert gen.prompts(items) == ["A person wearing lattice sleeveless cotton clothes", "a photo of a dress"]
-    assert [a["text"] for a in gen.annotate(items, [])] == gen.prompts(items)
-    images = gen.generate(items)
-    assert [im.size for im in images] == [(32, 24), (32, 24)]
+    made = gen.sample(items)
+    assert [g.meta["text"] for g in made] == gen.prompts(items)
+    assert [g.image.size for g in made] == [(32, 24), (32, 24)]
     assert type(gen.pipeline().scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert gen.provenance()["scheduler"] == "dpmsolver++"
 

@@ -6,7 +6,7 @@ a config) imports neither torch nor diffusers. The names below resolve lazily (P
 
 from synthaug.generators.configs import GENERATORS, GeneratorConfig, generator_config
 
-_LAZY = {"Generator", "create_generator", "fill_store", "register_generator"}
+_LAZY = {"Generated", "Generator", "create_generator", "fill_store", "register_generator"}
 
 
 def __getattr__(name: str):
@@ -23,5 +23,5 @@ def load_all() -> None:
         GENERATORS.get(name)
 
 
-__all__ = ["GENERATORS", "GeneratorConfig", "create_generator", "fill_store", "generator_config", "load_all",
+__all__ = ["GENERATORS", "Generated", "GeneratorConfig", "create_generator", "fill_store", "generator_config", "load_all",
            "register_generator"]

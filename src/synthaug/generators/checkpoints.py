@@ -1,9 +1,14 @@
-"""Resumable training checkpoints shared by the generators that train a network (``ddpm``, ``mvc``).
+"""Resumable training checkpoints and crash-safe final-model folders, shared by the generators that train a
+network (``ddpm``, ``mvc``, ``sd-finetune``).
 
 Each checkpoint is ``<folder>/step-XXXXXXX/`` holding the model weights (written by the caller, as
 safetensors), ``optimizer.pt`` (optimizer + LR schedule state, read back with ``weights_only=True``) and
 ``state.json``. It is written under a ``.partial`` name and renamed when complete, so a folder without that
-suffix is always whole; the newest ``keep`` are kept.
+suffix is always whole; the newest ``keep`` are kept. With fp16 training the loss scaler's state is saved too,
+so a resumed run continues with the same scale.
+
+A final model is written to ``<model>.partial``, its ``synthaug.json`` (:data:`MODEL_INFO`) last, then swapped
+in by :func:`install_model_dir`; :func:`recover_model_dir` repairs a swap a crash interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from typing import Callable
 
 import torch
 
+from synthaug.data.schema import LabelSchema
+from synthaug.errors import MissingFileError, SettingError
+from synthaug.utils import read_json
+
+MODEL_INFO = "synthaug.json"  # written last into a model folder: what made it (generator, schema, training)
 log = logging.getLogger(__name__)
 
 
@@ -27,22 +37,26 @@ class StepCheckpoints:
     def _complete(self) -> list[Path]:
         return sorted(self.folder.glob("step-*[0-9]"))
 
-    def save(self, step: int, write_weights: Callable[[Path], None], optimizer, lr_schedule) -> Path:
+    def save(self, step: int, write_weights: Callable[[Path], None], optimizer, lr_schedule,
+             scaler: torch.amp.GradScaler | None = None) -> Path:
         """Writes checkpoint ``step``; ``write_weights(folder)`` saves the model(s) into ``folder``."""
         final = self.folder / f"step-{step:07d}"
         tmp = final.with_name(final.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_weights(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
-                   tmp / "optimizer.pt")
+        state = {"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()}
+        if scaler is not None and scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
+        torch.save(state, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
         tmp.rename(final)
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old)
         return final
 
-    def restore(self, optimizer, lr_schedule) -> tuple[Path, int] | None:
+    def restore(self, optimizer, lr_schedule,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[Path, int] | None:
         """Loads optimizer and schedule state from the newest complete checkpoint (dropping unfinished ones).
 
         Returns:
@@ -57,9 +71,85 @@ class StepCheckpoints:
         state = torch.load(last / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         step = json.loads((last / "state.json").read_text())["step"]
         log.info("Resuming training from %s (step %d).", last, step)
         return last, step
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler, enabled for fp16 training only (bf16 and fp32 keep fp32's exponent range and need none).
+
+    Use as ``scaler.scale(loss).backward(); scaler.unscale_(optimizer); clip; scaler.step(optimizer);
+    scaler.update()``; when disabled each call is a pass-through.
+    """
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+# ------------------------------------------------------------------------------------ final model folders
+def _aside(final: Path) -> Path:
+    return final.with_name(final.name + ".old")
+
+
+def _partial(final: Path) -> Path:
+    return final.with_name(final.name + ".partial")
+
+
+def recover_model_dir(final: Path) -> None:
+    """Repairs what an interrupted :func:`install_model_dir` left: a crash after the old model was renamed
+    aside but before the new one was renamed in leaves no ``final``; the complete new model (its
+    :data:`MODEL_INFO` written) is then moved in, else the old one back. A leftover old copy is deleted."""
+    final = Path(final)
+    aside, partial = _aside(final), _partial(final)
+    if not final.exists():
+        if (partial / MODEL_INFO).is_file():
+            partial.rename(final)
+        elif aside.exists():
+            aside.rename(final)
+    if final.exists() and aside.exists():
+        shutil.rmtree(aside)
+
+
+def install_model_dir(partial: Path, final: Path) -> None:
+    """Replaces ``final`` by the complete folder ``partial`` with no moment at which neither exists on disk:
+    1. the old model is renamed aside, 2. the new one renamed in, 3. the old one deleted."""
+    final = Path(final)
+    aside = _aside(final)
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)  # left by an earlier interrupted swap
+        final.rename(aside)
+    Path(partial).rename(final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_model_info(folder: Path, schema: LabelSchema, *, generator: str, field: str) -> dict:
+    """Reads the :data:`MODEL_INFO` a trained model folder holds and refuses one made for another label schema.
+
+    Args:
+        folder: the model folder (e.g. ``generator.params.checkpoint``).
+        schema: the label schema of the current data.
+        generator: the generator name the folder must have been written by.
+        field: the config field naming the folder, for messages.
+
+    Raises:
+        MissingFileError: if the folder holds no :data:`MODEL_INFO`.
+        SettingError: if it was written by another generator or for another label schema.
+    """
+    path = Path(folder) / MODEL_INFO
+    if not path.is_file():
+        raise MissingFileError(f"{field}={str(folder)!r} holds no {MODEL_INFO}, so it is not a model a "
+                               f"{generator} fit wrote (nothing tells which classes it was trained on). Give "
+                               f"the `model` folder of an earlier {generator} run's workdir.")
+    info = read_json(path)
+    if info.get("generator") != generator:
+        raise SettingError(f"{field}={str(folder)!r} was written by generator {info.get('generator')!r}, "
+                           f"not {generator!r}; give a {generator} model folder.")
+    if info.get("schema") != schema.to_dict():
+        raise SettingError(f"{field}={str(folder)!r} was trained on label schema {info.get('schema')}, but the "
+                           f"data has schema {schema.to_dict()}; its class indices would mean other classes. "
+                           "Train on this data (unset the checkpoint) or use data with the model's classes.")
+    return info

@@ -108,7 +108,10 @@ class SDText2ImgConfig(GeneratorConfig):
     scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler (PNDM in SD v1.x)
     height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD 1.x)
     width: int | None = Field(None, ge=8, multiple_of=8)
-    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
+    # weights' dtype for sampling. "auto": fp16 on CUDA (Stable Diffusion's usual inference dtype; sampling
+    # only, so no loss scaling is involved), fp32 on CPU. Not `precision: auto`'s bf16 rule: SD weights are
+    # cast, not autocast. bf16 works on both devices.
+    dtype: Precision | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
     channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
 
@@ -163,9 +166,17 @@ class MVCConfig(GeneratorConfig):
     local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
     checkpoint: str | None = None  # finetuned: a trained mvc pipeline folder to sample from (no training)
     # --- captions
-    captioner: str | None = None  # BLIP-2 folder or hub id (the study: BLIP-2); None: captions from labels
+    # Where the captions' diversity comes from. Algorithm 1 mixes the caption embeddings of one class, so it
+    # mixes only when they differ. "labels": prefix (+ caption_template) from the label alone, so all captions
+    # of a class are identical and the mixing copies identical values, i.e. does NOTHING (warned at run
+    # time); "data": the real images' own captions (a caption column of the data manifest); "blip2": a BLIP-2
+    # caption of each image (needs captioner; the study's); "auto": blip2 when captioner is set, else data
+    # when the data has captions, else labels. (Attribute names are no source: mvc pools images by their
+    # whole label vector, so the images of a pool share every attribute name.)
+    caption_source: Literal["auto", "labels", "data", "blip2"] = "auto"
+    captioner: str | None = None  # BLIP-2 folder or hub id (the study: BLIP-2), for caption_source blip2
     caption_prefix: str = "This is an image of {attributes}"  # the study's prefix ({attributes} = class name)
-    caption_template: str | None = None  # no captioner: appended after the prefix; None: the prefix alone
+    caption_template: str | None = None  # caption_source labels: appended after the prefix; None: prefix alone
     caption_max_new_tokens: int = Field(30, ge=1)  # BLIP-2 caption length limit
     # --- Algorithm 1
     coarse_steps: int = Field(1, ge=0)  # P: blocks of whole rows copied (ours: 1 ≈ a third of the tokens)
@@ -176,7 +187,8 @@ class MVCConfig(GeneratorConfig):
     num_inference_steps: int = Field(50, ge=1)
     scheduler: SchedulerName = "default"  # "default" keeps the checkpoint's sampler
     resolution: int | None = Field(None, ge=8, multiple_of=8)  # train/sample size; None: the model's own
-    dtype: Precision | Literal["auto"] = "auto"  # sampling weights: "auto" = fp16 on CUDA, fp32 on CPU
+    # sampling weights: "auto" = fp16 on CUDA, fp32 on CPU (inference only, so no loss scaling is involved)
+    dtype: Precision | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet for sampling (GPU; first batch slow)
     channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
     # --- fine-tuning (finetuned mode; the example: 256 px, 15000 steps of 4 x 4 accumulated images)
@@ -186,7 +198,9 @@ class MVCConfig(GeneratorConfig):
     lr_warmup_steps: int = Field(0, ge=0)
     conditioning_dropout: float = Field(0.05, ge=0, le=1 / 3)  # P(drop text) = P(drop image) = P(both)
     max_grad_norm: float = Field(1.0, gt=0)
-    train_precision: Literal["fp32", "bf16"] = "fp32"  # autocast while training (fp32 master weights)
+    # autocast while training (fp32 master weights); auto = bf16 where the hardware runs it natively, else
+    # fp32; fp16 (CUDA) trains with a loss scaler
+    train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False  # trade compute for memory (large models)
     checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
 

@@ -2,19 +2,19 @@
 (Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
 
 Training follows diffusers' unconditional training example: ε-prediction MSE on ``DDPMScheduler.add_noise``
-targets, AdamW with warm-up, EMA weights. Labels are dropped to a null class with probability
-``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two with ``guidance_scale``.
-Each training step draws its batch, noise and timesteps from a generator seeded by (seed, step), so a
-resumed run continues exactly where it stopped.
+targets, AdamW with warm-up, EMA weights; fp16 autocast trains with a loss scaler. Labels are dropped to a
+null class with probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two
+with ``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by
+(seed, step), so a resumed run continues exactly where it stopped; sampling noise comes from one CPU
+generator per item, so an item gives the same image on CPU and CUDA, whatever the batch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +22,18 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import DDPMConfig
-from synthaug.generators.base import Generator, register_generator
-from synthaug.generators.checkpoints import StepCheckpoints
+from synthaug.generators.base import Generated, Generator, register_generator
+from synthaug.generators.checkpoints import (
+    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, recover_model_dir,
+)
+from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
 from synthaug.plan import PlanItem
-from synthaug.utils import autocast, derive_seed, resolve_precision
+from synthaug.utils import autocast, derive_seed, read_json, resolve_precision, write_json
 from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,19 @@ log = logging.getLogger(__name__)
 SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
+def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans, 2022, Eq. 6): ε = ε_∅ + w (ε_y − ε_∅).
+
+    w = 0 gives the null-class (unconditional) prediction, w = 1 the conditional one, w > 1 pushes past it.
+    """
+    return eps_null + guidance_scale * (eps_cond - eps_null)
 
 
 @register_generator("ddpm")
 class DDPMGenerator(Generator):
     config_class = DDPMConfig
     config: DDPMConfig
+    pseudo_control = "unconditional samples of the same DDPM (its null class), labelled by the real-only classifier"
 
     # ---------------------------------------------------------------------------------------------- paths
     @property
@@ -53,7 +61,18 @@ class DDPMGenerator(Generator):
         return Path(self.config.checkpoint) if self.config.checkpoint else self.workdir / "model"
 
     def is_fitted(self) -> bool:
-        return (self.model_dir / "unet" / "config.json").is_file()
+        """True when ``model_dir`` holds a complete model: a given ``checkpoint`` (for this label schema), or
+        one this workdir trained with the current training settings."""
+        if self.config.checkpoint:
+            return (self.model_dir / "unet" / "config.json").is_file()
+        recover_model_dir(self.model_dir)
+        path = self.model_dir / MODEL_INFO
+        if not path.is_file():
+            return False
+        info, wanted = read_json(path), self.config.training_part()
+        # models written before the "training" record: compare the same fields of their full config
+        saved = info.get("training") or {k: info.get("config", {}).get(k) for k in wanted}
+        return saved == wanted
 
     @property
     def precision(self) -> str:
@@ -92,6 +111,9 @@ class DDPMGenerator(Generator):
     def fit(self, real: LabeledImages) -> None:
         c = self.config
         if c.checkpoint:
+            self._check_checkpoint()
+            return
+        if self.is_fitted():  # the same training settings: nothing to do
             return
         if not self.schema.is_single_label:
             raise SettingError("The ddpm generator conditions on one label group; this schema has "
@@ -105,13 +127,15 @@ class DDPMGenerator(Generator):
         lr_schedule = get_cosine_schedule_with_warmup(optimizer, c.warmup_steps, max(c.train_steps, 1))
         ema = EMAModel(unet.parameters(), decay=c.ema_decay, model_cls=UNet2DModel, model_config=unet.config) \
             if c.ema_decay > 0 else None
-        start = self._resume(unet, ema, optimizer, lr_schedule)
+        scaler = grad_scaler(self.precision, self.device)  # 4. fp16: scale the loss against underflow
+        start = self._resume(unet, ema, optimizer, lr_schedule, scaler)
         counts = torch.bincount(labels, minlength=self.num_classes).float()
         weights = (1.0 / counts[labels]) if c.class_balanced else torch.ones(len(labels))
         data, labels = data.to(self.device), labels.to(self.device)
 
         unet.train()
-        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train ddpm", unit="step")
+        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train ddpm", unit="step",
+                   disable=not self.progress)
         for step in bar:
             g = torch.Generator().manual_seed(derive_seed(self.seed, "ddpm-step", step))
             idx = torch.multinomial(weights, c.batch_size, replacement=True, generator=g).to(self.device)
@@ -126,16 +150,18 @@ class DDPMGenerator(Generator):
                 pred = unet(xt, t, class_labels=y if c.conditional else None).sample
             loss = F.mse_loss(pred.float(), noise)  # 3. ε-prediction objective
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+            scaler.update()
             lr_schedule.step()
             if ema is not None:
                 ema.step(unet.parameters())
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
-                self._save_checkpoint(step + 1, unet, ema, optimizer, lr_schedule)
+                self._save_checkpoint(step + 1, unet, ema, optimizer, lr_schedule, scaler)
         bar.close()
         self._save_final(unet, ema)
 
@@ -143,16 +169,16 @@ class DDPMGenerator(Generator):
     def _checkpoints(self) -> StepCheckpoints:
         return StepCheckpoints(self.workdir / "checkpoints")
 
-    def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule) -> None:
+    def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule, scaler=None) -> None:
         def write(folder: Path) -> None:
             unet.save_pretrained(folder / "unet")  # safetensors
             if ema is not None:
                 ema.save_pretrained(folder / "ema")
 
-        self._checkpoints.save(step, write, optimizer, lr_schedule)
+        self._checkpoints.save(step, write, optimizer, lr_schedule, scaler)
 
-    def _resume(self, unet, ema, optimizer, lr_schedule) -> int:
-        found = self._checkpoints.restore(optimizer, lr_schedule)
+    def _resume(self, unet, ema, optimizer, lr_schedule, scaler=None) -> int:
+        found = self._checkpoints.restore(optimizer, lr_schedule, scaler)
         if found is None:
             return 0
         last, step = found
@@ -168,55 +194,87 @@ class DDPMGenerator(Generator):
         shutil.rmtree(tmp, ignore_errors=True)
         unet.save_pretrained(tmp / "unet")
         self._noise_scheduler().save_pretrained(tmp / "scheduler")
-        (tmp / "synthaug.json").write_text(json.dumps({"generator": "ddpm", "schema": self.schema.to_dict(),
-                                                       "config": self.config.model_dump(mode="json")}, indent=2))
-        shutil.rmtree(self.model_dir, ignore_errors=True)
-        tmp.rename(self.model_dir)
+        write_json(tmp / MODEL_INFO, {"generator": "ddpm", "schema": self.schema.to_dict(),
+                                      "training": self.config.training_part(),
+                                      "config": self.config.model_dump(mode="json")})  # last: marks it complete
+        install_model_dir(tmp, self.model_dir)
+        self._unet = None
         self._checkpoints.clear()
+
+    def _check_checkpoint(self) -> None:
+        """Refuses a ``checkpoint`` that is missing or was trained for another label schema."""
+        if not (self.model_dir / "unet" / "config.json").is_file():
+            raise MissingFileError(f"generator.params.checkpoint={self.config.checkpoint!r} holds no trained "
+                                   "ddpm model (looked for unet/config.json); give the `model` folder of an "
+                                   "earlier ddpm run's workdir, or unset it to train.")
+        check_model_info(self.model_dir, self.schema, generator="ddpm", field="generator.params.checkpoint")
 
     # ---------------------------------------------------------------------------------------------- sampling
     _unet: UNet2DModel | None = None
 
     def _load(self) -> UNet2DModel:
         if self._unet is None:
-            if not self.is_fitted():
-                raise MissingFileError(f"No trained ddpm model in {self.model_dir} (looked for unet/config.json); "
-                                        "run fit first or set generator.params.checkpoint to a trained model.")
+            if self.config.checkpoint:
+                self._check_checkpoint()
+            elif not self.is_fitted():
+                raise MissingFileError(f"No trained ddpm model for these training settings in {self.model_dir} "
+                                       f"(looked for unet/ and {MODEL_INFO}); run fit first or set "
+                                       "generator.params.checkpoint to a trained model.")
             self._unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
         return self._unet
 
+    def check_loadable(self) -> None:
+        self._load()
+
+    def _scheduler(self):
+        c = self.config
+        scheduler = SAMPLERS[c.sampler].from_pretrained(self.model_dir / "scheduler")
+        if c.sampler == "dpmsolver++":
+            scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(c.sampling_steps)
+        return scheduler
+
+    def predict_noise(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The (guided) noise prediction for ``x`` at step ``t``; ``labels`` holds the null class for
+        unlabelled samples, which need no guidance pass (their conditional and null predictions agree)."""
+        unet = self._load()
+        conditional = unet.config.num_class_embeds is not None
+        null = (unet.config.num_class_embeds or 1) - 1
+        guided = conditional and guidance_scale != 1.0 and bool((labels != null).any())
+        model_in = torch.cat([x, x]) if guided else x
+        cls = torch.cat([labels, torch.full_like(labels, null)]) if guided else labels
+        with autocast(self.device, self.precision):
+            eps = unet(model_in, t, class_labels=cls if conditional else None).sample.float()
+        if not guided:
+            return eps
+        eps_cond, eps_null = eps.chunk(2)
+        return guided_noise(eps_cond, eps_null, guidance_scale)
+
     @torch.no_grad()
-    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
+    def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
+        if not items:
+            return []
         c = self.config
         unet = self._load()
         conditional = unet.config.num_class_embeds is not None
         null = (unet.config.num_class_embeds or 1) - 1
         if not conditional and any(it.labels is not None for it in items):
             raise SettingError("This ddpm model is unconditional; it cannot generate labelled items. "
-                             "Use the pseudo-label generator to label its samples.")
-        scheduler = SAMPLERS[c.sampler].from_pretrained(self.model_dir / "scheduler")
-        if c.sampler == "dpmsolver++":
-            scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(c.sampling_steps)
-        # 1. per-item generators: the same item gives the same image whatever the batch
-        gens = [torch.Generator(self.device).manual_seed(it.seed) for it in items]
+                               "Use the pseudo-label generator to label its samples.")
+        scheduler = self._scheduler()
+        # 1. per-item CPU generators: the same item gives the same image whatever the batch and device
+        gens = item_generators(items)
         size, ch = unet.config.sample_size, unet.config.in_channels
-        x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device) * scheduler.init_noise_sigma
+        x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device)
+        x = x * scheduler.init_noise_sigma
         y = torch.tensor([null if it.labels is None else it.labels[0] for it in items], device=self.device)
-        # unlabelled items sample p(x) with the null class: no guidance pass is needed for them
-        guided = conditional and c.guidance_scale != 1.0 and any(it.labels is not None for it in items)
         for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            labels = torch.cat([y, torch.full_like(y, null)]) if guided else y
-            with autocast(self.device, self.precision):
-                eps = unet(model_in, t, class_labels=labels if conditional else None).sample.float()
-            if guided:  # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
-                eps_cond, eps_uncond = eps.chunk(2)
-                eps = eps_uncond + c.guidance_scale * (eps_cond - eps_uncond)
-            x = scheduler.step(eps, t, x, generator=gens).prev_sample
-        return to_pil((x + 1) / 2)
+            # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
+            eps = self.predict_noise(scheduler.scale_model_input(x, t), t, y, c.guidance_scale)
+            x = scheduler.step(eps, t, x, generator=gens).prev_sample  # 3. stochastic samplers draw from gens
+        return [Generated(image) for image in to_pil((x + 1) / 2)]
 
     def provenance(self) -> dict:
         c = self.config
-        return {"method": self.name, "model": "UNet2DModel", "checkpoint": str(self.model_dir),
-                "guidance_scale": c.guidance_scale, "num_inference_steps": c.sampling_steps, "sampler": c.sampler}
+        return {**super().provenance(), "model": "UNet2DModel", "checkpoint": str(self.model_dir),
+                "num_inference_steps": c.sampling_steps, "precision": self.precision}

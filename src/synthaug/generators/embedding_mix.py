@@ -73,8 +73,10 @@ def mix_embeddings(
     n, m, d = embeddings.shape
     if start is not None and not 0 <= start < n:
         raise SettingError(f"start must be in 0..{n - 1}, but got {start=}.")
-    # 1. start from a (random) embedding of the class
-    base = int(rng.integers(n)) if start is None else start
+    # 1. start from a (random) embedding of the class; drawn even when given, so the draws below do not
+    #    depend on whether the start was planned
+    drawn = int(rng.integers(n))
+    base = drawn if start is None else start
     mixed = embeddings[base].clone()
     sources = [base]
     # 2. coarse mixing, P times: rows r:s from another embedding of the class

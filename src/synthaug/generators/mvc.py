@@ -1,8 +1,10 @@
 """``mvc``: Mixing Visual Concepts (Al Rahat & Venkateswara, 2024, arXiv:2412.15358).
 
-1. Each real image gets a caption, prefixed "This is an image of <class>": from a BLIP-2 captioner when
-   ``captioner`` names one, else from the labels alone (then a class's captions are all alike and the
-   mixing has nothing to mix; diversity comes from the noise and, fine-tuned, the conditioning image).
+1. Each real image gets a caption, prefixed "This is an image of <class>"; ``caption_source`` says where
+   the rest comes from: a BLIP-2 captioner (``blip2``, the study's), the data's own per-image captions
+   (``data``, e.g. a manifest caption column), or the labels alone (``labels``). With ``labels`` a class's
+   captions are all alike and Algorithm 1 copies identical values, i.e. the mixing does nothing (a warning
+   says so at run time); diversity then comes only from the noise and, fine-tuned, the conditioning image.
 2. Each caption becomes a CLIP text embedding e ∈ R^{m×d} (the pipeline's text encoder, last hidden state,
    m = the tokenizer's max length); they are stored per class in ``workdir/text_embeds.safetensors``.
 3. Per plan item, Algorithm 1 (:func:`~synthaug.generators.embedding_mix.mix_embeddings`) mixes embeddings
@@ -17,6 +19,9 @@
 
 Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
 item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped.
+
+Every mvc condition is a caption embedding that names its class, so there are no class-agnostic mvc samples:
+``pseudo_control`` is None and unlabelled items are refused (the runner leaves the pseudo-labelled control out).
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import MVCConfig
-from synthaug.generators.base import Generator, register_generator
-from synthaug.generators.checkpoints import StepCheckpoints
+from synthaug.generators.base import Generated, Generator, register_generator
+from synthaug.generators.checkpoints import (
+    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, recover_model_dir,
+)
 from synthaug.generators.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
 from synthaug.generators.sd_common import (
@@ -54,7 +61,7 @@ from synthaug.generators.sd_common import (
 )
 from synthaug.generators.real_images import class_pools, load_real_images, pick_sources, save_real_images
 from synthaug.plan import PlanItem
-from synthaug.utils import autocast, derive_seed, read_json, write_json
+from synthaug.utils import autocast, derive_seed, read_json, resolve_precision, write_json
 from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -105,7 +112,7 @@ def instruct_pix2pix_loss(
 
 def blip2_captions(
     captioner: str, images: LabeledImages, *, device: torch.device, dtype: torch.dtype,
-    local_files_only: bool, max_new_tokens: int, batch_size: int = 16,
+    local_files_only: bool, max_new_tokens: int, batch_size: int = 16, progress: bool = True,
 ) -> list[str]:
     """One BLIP-2 caption per image (``Blip2ForConditionalGeneration.generate`` with no text prompt).
 
@@ -129,7 +136,8 @@ def blip2_captions(
         raise MissingFileError("Could not load the BLIP-2 captioner "
                                 f"generator.params.captioner={captioner!r}: {e}. {hint}") from e
     out: list[str] = []
-    for start in tqdm(range(0, len(images), batch_size), desc="caption (BLIP-2)", unit="batch"):
+    for start in tqdm(range(0, len(images), batch_size), desc="caption (BLIP-2)", unit="batch",
+                      disable=not progress):
         batch = [images.image(i) for i in range(start, min(start + batch_size, len(images)))]
         inputs = processor(images=batch, return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -161,6 +169,7 @@ class MVCGenerator(Generator):
 
     config_class = MVCConfig
     config: MVCConfig
+    pseudo_control = None  # every condition names its class (see the module docstring)
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None
     _embeds: dict[str, torch.Tensor] | None = None
@@ -174,7 +183,13 @@ class MVCGenerator(Generator):
             raise SettingError("generator.params.checkpoint is a fine-tuned mvc model, used with mode "
                              "'finetuned'; for mode 'pretrained' name the pipeline in "
                              "generator.params.model.")
-        self._used: dict[str, dict[str, Any]] = {}
+        c = self.config
+        if c.caption_source == "blip2" and c.captioner is None:
+            raise SettingError("generator.params.caption_source='blip2' needs generator.params.captioner (a "
+                               "BLIP-2 folder or hub id, e.g. 'Salesforce/blip2-opt-2.7b').")
+        if c.captioner is not None and c.caption_source in ("labels", "data"):
+            raise SettingError(f"generator.params.captioner={c.captioner!r} is used only with caption_source "
+                               f"'blip2' (or 'auto'), but caption_source is {c.caption_source!r}; unset one.")
 
     # ---------------------------------------------------------------------------------------------- paths
     @property
@@ -187,6 +202,25 @@ class MVCGenerator(Generator):
             return "fp16" if self.device.type == "cuda" else "fp32"
         return self.config.dtype
 
+    @property
+    def train_precision(self) -> str:
+        return resolve_precision(self.config.train_precision, self.device, what="generator.params.train_precision")
+
+    def caption_source(self, data_captions: Sequence[str] | None) -> str:
+        """The caption source in use: ``caption_source``, with "auto" resolved (see :class:`MVCConfig`).
+
+        Raises:
+            SettingError: for "data" when the real data carries no captions.
+        """
+        c = self.config
+        if c.caption_source == "auto":
+            return "blip2" if c.captioner else "data" if data_captions is not None else "labels"
+        if c.caption_source == "data" and data_captions is None:
+            raise SettingError("generator.params.caption_source='data' needs per-image captions with the real "
+                               "data (a caption column in the data manifest, data.caption_column), but the "
+                               "training images have none. Add one, or use caption_source 'blip2'.")
+        return c.caption_source
+
     def _embedding_record(self) -> dict[str, Any] | None:
         """What the stored embeddings depend on: the real data, the captions and the text encoder."""
         real = self.workdir / "real" / "real.json"
@@ -194,9 +228,11 @@ class MVCGenerator(Generator):
             return None
         d = read_json(real)
         c = self.config
+        source = self.caption_source(d.get("captions"))
         return {"data": derive_seed(json.dumps([d["ids"], d["labels"]])), "model": c.model,
-                "captioner": c.captioner, "caption_prefix": c.caption_prefix,
-                "caption_template": c.caption_template}
+                "caption_source": source, "captioner": c.captioner if source == "blip2" else None,
+                "data_captions": derive_seed(json.dumps(d.get("captions"))) if source == "data" else None,
+                "caption_prefix": c.caption_prefix, "caption_template": c.caption_template}
 
     def _embeddings_current(self) -> bool:
         meta = self.workdir / "text_embeds.json"
@@ -204,9 +240,22 @@ class MVCGenerator(Generator):
                 and read_json(meta)["record"] == self._embedding_record())
 
     def is_fitted(self) -> bool:
+        """True when the caption embeddings match the data and config and (finetuned) ``model_dir`` holds a
+        model: a given ``checkpoint``, or one this workdir trained with the current training settings."""
         if not self._embeddings_current():
             return False
-        return self.config.mode == "pretrained" or (self.model_dir / "model_index.json").is_file()
+        if self.config.mode == "pretrained":
+            return True
+        if self.config.checkpoint:
+            return (self.model_dir / "model_index.json").is_file()
+        recover_model_dir(self.model_dir)
+        path = self.model_dir / MODEL_INFO
+        if not ((self.model_dir / "model_index.json").is_file() and path.is_file()):
+            return False
+        info, wanted = read_json(path), self.config.training_part()
+        # models written before the "training" record: compare the same fields of their full config
+        saved = info.get("training") or {k: info.get("config", {}).get(k) for k in wanted}
+        return saved == wanted
 
     # ---------------------------------------------------------------------------------------------- fit
     def _base_pipeline(self, dtype: Precision = "fp32") -> DiffusionPipeline:
@@ -226,14 +275,17 @@ class MVCGenerator(Generator):
         return pipe
 
     def captions(self, real: LabeledImages) -> list[str]:
-        """The caption of each real image: "<prefix>, <BLIP-2 caption or label template>"."""
+        """The caption of each real image: "<prefix>, <BLIP-2 caption, the data's caption, or label template>"."""
         c = self.config
+        source = self.caption_source(getattr(real, "captions", None))
         prefixes = [caption(self.schema, label, c.caption_prefix) for label in real.labels.tolist()]
-        if c.captioner is not None:
+        if source == "blip2":
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
             bodies = blip2_captions(c.captioner, real, device=self.device, dtype=dtype,
                                     local_files_only=c.local_files_only,
-                                    max_new_tokens=c.caption_max_new_tokens)
+                                    max_new_tokens=c.caption_max_new_tokens, progress=self.progress)
+        elif source == "data":
+            bodies = [str(text).strip() for text in real.captions]
         elif c.caption_template is not None:
             bodies = [caption(self.schema, label, c.caption_template) for label in real.labels.tolist()]
         else:
@@ -250,6 +302,12 @@ class MVCGenerator(Generator):
             raise SettingError("mvc needs real training images to caption and condition on, but got none.")
         save_real_images(real, self.workdir / "real")
         self._real = self._embeds = None
+        if self.caption_source(getattr(real, "captions", None)) == "labels":
+            log.warning(
+                "mvc: caption_source is 'labels' (no captioner, no captions with the data), so all captions "
+                "of a class are identical and MVC's embedding mixing (Algorithm 1) does nothing. For "
+                "mixing that mixes, give per-image captions with the data (a manifest caption column; "
+                "generator.params.caption_source: data) or a BLIP-2 captioner (generator.params.captioner).")
         base = None
         if not self._embeddings_current():  # new data or captions: embed again, and train again
             captions = self.captions(real)  # first: BLIP-2 is freed before the diffusion model loads
@@ -278,6 +336,7 @@ class MVCGenerator(Generator):
         if not (self.model_dir / "model_index.json").is_file():
             raise MissingFileError(f"generator.params.checkpoint={self.config.checkpoint!r} is not a folder "
                                     "holding model_index.json; give the `model` folder an mvc fit wrote.")
+        check_model_info(self.model_dir, self.schema, generator="mvc", field="generator.params.checkpoint")
 
     def _require_fitted(self) -> None:
         c = self.config
@@ -352,24 +411,28 @@ class MVCGenerator(Generator):
         num_timesteps = noise_scheduler.config.num_train_timesteps
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate)
         lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.lr_warmup_steps)
-        start = self._resume(unet, optimizer, lr_schedule)
+        precision = self.train_precision
+        scaler = grad_scaler(precision, self.device)  # fp16: loss scaling against underflow
+        start = self._resume(unet, optimizer, lr_schedule, scaler)
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
         bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train mvc",
-                   unit="step")
+                   unit="step", disable=not self.progress)
         for step in bar:
             batch = self._training_batch(step, vae, empty, size, num_timesteps)
-            with autocast(self.device, c.train_precision):
+            with autocast(self.device, precision):
                 loss = instruct_pix2pix_loss(unet, noise_scheduler, *batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(unet.parameters(), c.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             lr_schedule.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
-                self._save_checkpoint(step + 1, unet, optimizer, lr_schedule)
+                self._save_checkpoint(step + 1, unet, optimizer, lr_schedule, scaler)
         bar.close()
         unet.eval()
         if c.gradient_checkpointing:
@@ -380,11 +443,12 @@ class MVCGenerator(Generator):
     def _checkpoints(self) -> StepCheckpoints:
         return StepCheckpoints(self.workdir / "checkpoints")
 
-    def _save_checkpoint(self, step: int, unet, optimizer, lr_schedule) -> None:
-        self._checkpoints.save(step, lambda folder: unet.save_pretrained(folder / "unet"), optimizer, lr_schedule)
+    def _save_checkpoint(self, step: int, unet, optimizer, lr_schedule, scaler=None) -> None:
+        self._checkpoints.save(step, lambda folder: unet.save_pretrained(folder / "unet"), optimizer, lr_schedule,
+                               scaler)
 
-    def _resume(self, unet, optimizer, lr_schedule) -> int:
-        found = self._checkpoints.restore(optimizer, lr_schedule)
+    def _resume(self, unet, optimizer, lr_schedule, scaler=None) -> int:
+        found = self._checkpoints.restore(optimizer, lr_schedule, scaler)
         if found is None:
             return 0
         last, step = found
@@ -399,10 +463,11 @@ class MVCGenerator(Generator):
             scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
         pipe.save_pretrained(tmp, safe_serialization=True)
-        write_json(tmp / "synthaug.json", {"generator": "mvc", "schema": self.schema.to_dict(),
-                                           "config": self.config.model_dump(mode="json")})
-        shutil.rmtree(self.model_dir, ignore_errors=True)
-        tmp.rename(self.model_dir)
+        write_json(tmp / MODEL_INFO, {"generator": "mvc", "schema": self.schema.to_dict(),
+                                      "training": self.config.training_part(),
+                                      "config": self.config.model_dump(mode="json")})  # last: marks it complete
+        install_model_dir(tmp, self.model_dir)
+        self._pipe = None
         self._checkpoints.clear()
 
     # ---------------------------------------------------------------------------------------------- sampling
@@ -429,6 +494,10 @@ class MVCGenerator(Generator):
         """One item's mixed embedding (m, d), its conditioning image (an index into the real images, or
         None for text-only models) and its manifest fields. Every draw comes from the item's seed."""
         c = self.config
+        if item.labels is None:
+            raise SettingError(f"Item {item.item_id!r} has no labels, but every mvc condition is a caption "
+                               "embedding that names its class, so mvc makes no class-agnostic samples (its "
+                               "pseudo-labelled control is left out). Give every plan item labels.")
         real, pools, embeds = self._load_data()
         rng = np.random.default_rng(derive_seed(item.seed, "mvc"))
         # the conditioning image (image-conditioned models); also checks the item's class has real images
@@ -447,14 +516,21 @@ class MVCGenerator(Generator):
                                fine_steps=c.fine_steps, rng=rng, start=start)
         caption_ids = [real.ids[pool[k]] for k in mixed.sources]
         image_ids = [real.ids[image]] if image is not None else []
+        # source_ids: the conditioning image, then the start caption's image (what an item re-made from this
+        # line needs), then the other captions' images
         info = {"text": self._captions[caption_ids[0]], "caption_source_ids": caption_ids,
-                "source_ids": list(dict.fromkeys(image_ids + caption_ids))}
+                "source_ids": image_ids + caption_ids}
         if image is not None:
             info["condition_image_id"] = real.ids[image]
         return mixed.embedding, image, info
 
-    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
-        """One image per item, in item order.
+    def check_loadable(self) -> None:
+        self._require_fitted()
+        self.pipeline()
+
+    def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
+        """One image per item, in item order, with its start caption (``text``) and the real ids used
+        (``source_ids``: the conditioning image first, then the caption sources).
 
         Raises:
             FileNotFoundError: if fit has not run, or a checkpoint cannot be loaded.
@@ -466,8 +542,6 @@ class MVCGenerator(Generator):
         self._require_fitted()
         pipe = self.pipeline()
         conditions = [self.condition(it) for it in items]
-        for it, (_, _, info) in zip(items, conditions):
-            self._used[it.item_id] = info
         dtype = pipe.unet.dtype
         prompt_embeds = torch.stack([e for e, _, _ in conditions]).to(self.device, dtype)
         negative = self._load_data()[2]["empty"].to(self.device, dtype).expand_as(prompt_embeds)
@@ -481,18 +555,13 @@ class MVCGenerator(Generator):
                           image_guidance_scale=c.image_guidance_scale)
         else:
             kwargs.update(height=size, width=size)
-        return list(pipe(**kwargs).images)
-
-    def annotate(self, items: Sequence[PlanItem], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-        """The start caption (``text``), the real ids used (``source_ids``; the conditioning image first)."""
-        return [self._used.pop(it.item_id, {}) for it in items]
+        images = pipe(**kwargs).images
+        return [Generated(image, info) for image, (_, _, info) in zip(images, conditions)]
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
-        out = {"method": self.name, "mode": c.mode, "model": c.model, "scheduler": c.scheduler,
-               "guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
-               "coarse_steps": c.coarse_steps, "fine_steps": c.fine_steps, "captioner": c.captioner,
-               "dtype": self.precision}
+        out = {**super().provenance(), "mode": c.mode, "model": c.model, "caption_source": c.caption_source,
+               "captioner": c.captioner, "resolution": c.resolution, "dtype": self.precision}
         if c.mode == "finetuned":
-            out.update(checkpoint=str(self.model_dir), image_guidance_scale=c.image_guidance_scale)
+            out["checkpoint"] = str(self.model_dir)
         return out

@@ -19,7 +19,7 @@ from synthaug.errors import SettingError, MissingFileError
 def save_real_images(real: LabeledImages, folder: Path) -> None:
     """Records ``real`` under ``folder`` so a later process can reload it with :func:`load_real_images`.
 
-    Images on disk are recorded by absolute path; in-memory images are written as PNG copies.
+    Per-image captions (``real.captions``), when the data has them, are recorded too. Images on disk are recorded by absolute path; in-memory images are written as PNG copies.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if real.paths is not None:
@@ -32,7 +32,8 @@ def save_real_images(real: LabeledImages, folder: Path) -> None:
                 real.image(i).save(f, format="PNG")
             files.append(name)  # relative: the workdir may move
     write_json(folder / "real.json", {"ids": list(real.ids), "labels": real.labels.tolist(), "files": files,
-                                      "mode": real.mode, "origin": real.origin})
+                                      "mode": real.mode, "origin": real.origin,
+                                      "captions": getattr(real, "captions", None)})
 
 
 def load_real_images(folder: Path, schema: LabelSchema) -> LabeledImages:
@@ -52,8 +53,11 @@ def load_real_images(folder: Path, schema: LabelSchema) -> LabeledImages:
     if missing:
         raise MissingFileError(f"{len(missing)} real image(s) recorded in {record} are gone (e.g. "
                                 f"{missing[:2]}); restore them or run fit again on the current data.")
-    return LabeledImages(schema=schema, labels=np.asarray(d["labels"], dtype=np.int64), ids=d["ids"],
+    real = LabeledImages(schema=schema, labels=np.asarray(d["labels"], dtype=np.int64), ids=d["ids"],
                          paths=paths, mode=d.get("mode", "RGB"), origin=d.get("origin", ""))
+    if d.get("captions") is not None:
+        real.captions = d["captions"]
+    return real
 
 
 def class_pools(real: LabeledImages) -> dict[tuple[int, ...], np.ndarray]:
@@ -66,31 +70,44 @@ def class_pools(real: LabeledImages) -> dict[tuple[int, ...], np.ndarray]:
 
 def pick_sources(
     item: PlanItem, real: LabeledImages, pools: dict[tuple[int, ...], np.ndarray], count: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, *, any_class: bool = False,
 ) -> list[int]:
     """``count`` real images of the item's class: the item's own ``source_ids`` first, the rest at random.
 
+    The random draw is made whether or not the item names its sources, so the draws after it (mixing
+    weights, boxes, ...) do not depend on it: an item re-made from its manifest line (which names every
+    source) gets the same ones.
+
+    Args:
+        any_class: draw an unlabelled item's sources from all real images (a class-agnostic condition);
+            without it an unlabelled item is an error.
+
     Raises:
-        ValueError: for an unlabelled item, a class with no real image, or an unknown source id.
+        ValueError: for an unlabelled item (unless ``any_class``), a class with no real image, or an unknown
+            source id.
     """
-    if item.labels is None:
+    if item.labels is None and any_class:
+        pool, what = np.arange(len(real), dtype=np.int64), "any class"
+    elif item.labels is None:
         raise SettingError(f"Item {item.item_id!r} has no labels; this generator conditions on real images of "
-                         "the item's class, so every plan item needs labels.")
-    pool = pools.get(tuple(item.labels))
-    if pool is None:
-        raise SettingError(f"Item {item.item_id!r} asks for class {real.schema.names(item.labels)} but fit was "
-                         "given no real image of it; add real images of that class or drop it from the plan.")
+                           "the item's class, so every plan item needs labels.")
+    else:
+        pool = pools.get(tuple(item.labels))
+        if pool is None:
+            raise SettingError(f"Item {item.item_id!r} asks for class {real.schema.names(item.labels)} but fit "
+                               "was given no real image of it; add real images of that class or drop it from "
+                               "the plan.")
+        what = f"its class {real.schema.names(item.labels)}"
+    # with replacement only when the pool has too few images (then an image may mix with itself)
+    drawn = rng.choice(pool, size=count, replace=len(pool) < count).tolist() if count else []
     chosen = []
     for id_ in item.source_ids[:count]:
         i = next((int(i) for i in pool if real.ids[i] == id_), None)
         if i is None:
             raise SettingError(f"Item {item.item_id!r} names source id {id_!r}, which is not a real image of "
-                             f"its class {real.schema.names(item.labels)} given to fit.")
+                               f"{what} given to fit.")
         chosen.append(i)
-    rest = count - len(chosen)
-    if rest:  # with replacement only when the class has too few images (then an image may mix with itself)
-        chosen += rng.choice(pool, size=rest, replace=len(pool) < rest).tolist()
-    return chosen
+    return chosen + drawn[len(chosen):]
 
 
 def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
+from synthaug.generators.checkpoints import MODEL_INFO, install_model_dir, recover_model_dir
 from synthaug.generators.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
 from synthaug.generators.sd_text2img import SDText2ImgGenerator
@@ -50,7 +51,6 @@ from synthaug.errors import SettingError, MissingFileError
 log = logging.getLogger(__name__)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
-MODEL_INFO = "synthaug.json"  # written last: its presence marks a complete fine-tuned model folder
 _TRAINING_FIELDS = (
     "model", "mode", "classes", "prompt_template", "train_steps", "learning_rate", "lr_warmup_steps",
     "batch_size", "gradient_accumulation_steps", "resolution", "lora_rank", "lora_alpha",
@@ -192,6 +192,8 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
 
     config_class = SDFinetuneConfig
     config: SDFinetuneConfig
+    pseudo_control = ("samples of the fine-tuned pipeline from the empty prompt (same guidance and negative "
+                      "prompt), labelled by the real-only classifier")
 
     @property
     def model_dir(self) -> Path:
@@ -204,6 +206,8 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
     def is_fitted(self) -> bool:
         """True when ``model_dir`` holds a complete fine-tuned model (for this config, unless it is a given
         ``checkpoint``)."""
+        if not self.config.checkpoint:
+            recover_model_dir(self.model_dir)
         info_path = self.model_dir / MODEL_INFO
         if not info_path.is_file():
             return False
@@ -282,7 +286,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         unet.train()
 
         bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, unit="step",
-                   desc=f"fine-tune sd ({c.mode})", disable=not accelerator.is_local_main_process)
+                   desc=f"fine-tune sd ({c.mode})", disable=not (self.progress and accelerator.is_local_main_process))
         for step in bar:
             for micro in range(c.gradient_accumulation_steps):
                 g = torch.Generator().manual_seed(derive_seed(self.seed, "sd-finetune", step, micro,
@@ -420,14 +424,16 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         write_json(tmp / MODEL_INFO, {"generator": self.name, "mode": c.mode, "base_model": c.model,
                                       "schema": self.schema.to_dict(),
                                       "training": self.training_fingerprint()})
-        shutil.rmtree(self.workdir / "model", ignore_errors=True)
-        tmp.rename(self.workdir / "model")
+        install_model_dir(tmp, self.workdir / "model")
+        self._pipe = None
         shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ sampling
     def _load_pipeline(self) -> DiffusionPipeline:
         """The base pipeline with the fine-tuned weights: a LoRA adapter on its UNet, or the full UNet."""
         c = self.config
+        if not self.config.checkpoint:
+            recover_model_dir(self.model_dir)
         info_path = self.model_dir / MODEL_INFO
         if not info_path.is_file():
             raise MissingFileError(

@@ -4,7 +4,8 @@ Any diffusers text-to-image checkpoint works (SD 1.x, 2.x, SDXL, ...), named by 
 prompt of each plan item is its own ``prompt`` if set, else its labels through a template
 (:mod:`synthaug.generators.captions`): "a photo of a {class}" for single-label data, the DeepFashion study's
 "A person wearing {attributes} clothes" for attribute data. Each item's noise comes from its own seeded
-generator, so an item gives the same image whatever batch it is in.
+generator, so an item gives the same image whatever batch it is in. An unlabelled item (the pseudo-labelled
+control) is prompted with the empty prompt, with the same guidance and negative prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 from pydantic import Field
 
 from synthaug.generators.configs import SDText2ImgConfig
-from synthaug.generators.base import Generator, register_generator
+from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.captions import captions_for_items, check_template, default_template
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, set_scheduler,
@@ -32,6 +33,8 @@ class SDText2ImgGenerator(Generator):
 
     config_class = SDText2ImgConfig
     config: SDText2ImgConfig
+    pseudo_control = ("samples of the same pipeline from the empty prompt (same guidance and negative prompt), "
+                      "labelled by the real-only classifier")
     _pipe: DiffusionPipeline | None = None
 
     def __init__(self, *args, **kwargs):
@@ -45,6 +48,8 @@ class SDText2ImgGenerator(Generator):
 
     @property
     def precision(self) -> Precision:
+        """The weights' dtype: ``dtype``, or for "auto" fp16 on CUDA and fp32 elsewhere (sampling only, so no
+        loss scaling is involved; fp16 is the usual inference dtype of Stable Diffusion on GPUs)."""
         if self.config.dtype == "auto":
             return "fp16" if self.device.type == "cuda" else "fp32"
         return self.config.dtype
@@ -69,8 +74,12 @@ class SDText2ImgGenerator(Generator):
         """The prompt of each item: its own, or its labels through ``prompt_template``."""
         return captions_for_items(self.schema, items, self.prompt_template)
 
-    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
-        """One image per item, in item order; each from a generator seeded with the item's seed.
+    def check_loadable(self) -> None:
+        self.pipeline()
+
+    def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
+        """One image per item, in item order, each from a generator seeded with the item's seed; its
+        manifest ``text`` is the prompt actually used (also for items planned without one).
 
         Raises:
             FileNotFoundError: if the checkpoint cannot be loaded (see :func:`~sd_common.load_pipeline`).
@@ -78,22 +87,16 @@ class SDText2ImgGenerator(Generator):
         if not items:
             return []
         c = self.config
+        prompts = self.prompts(items)
         negative = None if c.negative_prompt is None else [c.negative_prompt] * len(items)
         out = self.pipeline()(
-            prompt=self.prompts(items), negative_prompt=negative, guidance_scale=c.guidance_scale,
+            prompt=prompts, negative_prompt=negative, guidance_scale=c.guidance_scale,
             num_inference_steps=c.num_inference_steps, height=c.height, width=c.width,
             generator=item_generators(items), output_type="pil",
         )
-        return list(out.images)
-
-    def annotate(self, items: Sequence[PlanItem], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-        """The manifest's ``text`` is the prompt actually used (also for items planned without one)."""
-        return [{"text": p} for p in self.prompts(items)]
+        return [Generated(image, {"text": prompt}) for image, prompt in zip(out.images, prompts)]
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
-        return {"method": self.name, "model": c.model, "scheduler": c.scheduler,
-                "guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
-                "negative_prompt": c.negative_prompt,
+        return {**super().provenance(), "model": c.model, "pipeline": c.pipeline,
                 "prompt_template": self.prompt_template, "dtype": self.precision}
-

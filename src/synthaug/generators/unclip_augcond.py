@@ -7,9 +7,12 @@ image of the item's class, augmented by one of ten methods (:mod:`synthaug.gener
 unchanged image ("random-image", the baseline), dropout on its embedding, or Mixup / CutMix of two images of
 the class, in pixel space or in embedding space, each with or without dropout.
 
-``fit`` only records the real images (ids, labels, files) under ``workdir/real``; ``generate`` picks,
+``fit`` only records the real images (ids, labels, files) under ``workdir/real``; ``sample`` picks,
 augments and encodes them per item, every draw from the item's seed, so an item gives the same image
 whatever batch it is in. The real image ids used are written to the manifest's ``source_ids``.
+
+An unlabelled item (the pseudo-labelled control) is conditioned class-agnostically: its real images are drawn
+from all classes and its prompt is the template with no label (empty for the default ``{attributes}``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from synthaug.generators.augcond import (
     Method, cutmix, cutmix_embedding, embedding_dropout, mixup, parse_method, sample_lambda,
 )
 from synthaug.generators.configs import UnCLIPAugCondConfig
-from synthaug.generators.base import Generator, register_generator
+from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.real_images import class_pools, image_tensor, load_real_images, pick_sources, save_real_images
 from synthaug.generators.captions import captions_for_items, check_template
 from synthaug.generators.sd_common import (
@@ -50,6 +53,8 @@ class UnCLIPAugCondGenerator(Generator):
 
     config_class = UnCLIPAugCondConfig
     config: UnCLIPAugCondConfig
+    pseudo_control = ("the same unCLIP pipeline conditioned on real images drawn from all classes with an empty "
+                      "prompt, labelled by the real-only classifier")
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None
 
@@ -57,7 +62,6 @@ class UnCLIPAugCondGenerator(Generator):
         super().__init__(*args, **kwargs)
         check_template(self.schema, self.config.prompt_template)
         self.recipe = parse_method(self.config.method)
-        self._used: dict[str, dict[str, Any]] = {}  # item id -> manifest fields of its last generation
 
     @property
     def real_dir(self) -> Path:
@@ -112,7 +116,7 @@ class UnCLIPAugCondGenerator(Generator):
         c, recipe = self.config, self.recipe
         real, pools = self._real_images()
         rng = np.random.default_rng(derive_seed(item.seed, "unclip-augcond"))
-        idx = pick_sources(item, real, pools, recipe.num_images, rng)
+        idx = pick_sources(item, real, pools, recipe.num_images, rng, any_class=True)
         images = [real.image(i) for i in idx]
         info: dict[str, Any] = {"source_ids": [real.ids[i] for i in idx]}
         if recipe.mix is None:  # 1. one image: the baseline (and "dropout")
@@ -138,12 +142,16 @@ class UnCLIPAugCondGenerator(Generator):
             embedding = embedding_dropout(embedding, c.dropout_p, rng, rescale=c.dropout_rescale)
         return embedding, info
 
-    def generate(self, items: Sequence[PlanItem]) -> list[Image.Image]:
-        """One image per item, in item order.
+    def check_loadable(self) -> None:
+        self.pipeline()
+
+    def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
+        """One image per item, in item order, with its prompt (``text``), the real image ids used
+        (``source_ids``) and the mixing weight λ (``mix_lambda``), if any.
 
         Raises:
             FileNotFoundError: if fit has not recorded real images, or the checkpoint cannot be loaded.
-            ValueError: if an item has no labels or its class has no real image.
+            ValueError: if an item's class has no real image.
         """
         if not items:
             return []
@@ -151,23 +159,20 @@ class UnCLIPAugCondGenerator(Generator):
         pipe = self.pipeline()
         conditions = [self.condition(it) for it in items]
         prompts = captions_for_items(self.schema, items, c.prompt_template)
-        for it, prompt, (_, info) in zip(items, prompts, conditions):
-            self._used[it.item_id] = {"text": prompt, **info}
         embeds = torch.stack([e for e, _ in conditions]).to(self.device, pipe.image_encoder.dtype)
         out = pipe(
             prompt=prompts, image_embeds=embeds, guidance_scale=c.guidance_scale, noise_level=c.noise_level,
             num_inference_steps=c.num_inference_steps, height=c.height, width=c.width,
             generator=item_generators(items), output_type="pil",
         )
-        return list(out.images)
-
-    def annotate(self, items: Sequence[PlanItem], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-        """The prompt, the real image ids used (``source_ids``) and the mixing weight λ, if any."""
-        return [self._used.pop(it.item_id, {}) for it in items]
+        return [Generated(image, {"text": prompt, **info})
+                for image, prompt, (_, info) in zip(out.images, prompts, conditions)]
 
     def provenance(self) -> dict[str, Any]:
+        """Every sampling setting under its config name, except ``method`` (the manifest's generator name),
+        recorded as ``augmentation``."""
         c = self.config
-        return {"method": self.name, "augmentation": c.method, "model": c.model, "scheduler": c.scheduler,
-                "guidance_scale": c.guidance_scale,
-                "num_inference_steps": c.num_inference_steps, "noise_level": c.noise_level,
-                "mix_alpha": c.mix_alpha, "dropout_p": c.dropout_p, "dtype": self.precision}
+        return {**super().provenance(), "augmentation": c.method, "model": c.model, "dtype": self.precision}
+
+    def sampling_params(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {**super().sampling_params(record), "method": record["augmentation"]}
