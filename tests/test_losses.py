@@ -1,8 +1,11 @@
+import inspect
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from synthaug.train.losses import class_weights, create_loss
+from synthaug.train.losses import LOSSES, CrossEntropy, class_weights, create_loss
 
 
 def test_balanced_softmax_equals_ce_under_uniform_prior():
@@ -23,14 +26,34 @@ def test_balanced_softmax_shifts_by_log_prior():
     assert not torch.allclose(create_loss("ce", [counts])(logits, y), expected)
 
 
-def test_weighted_ce_uses_k_over_count():
+def test_weighted_ce_is_an_unnormalised_sum_that_k_scales():
     counts = [np.array([250, 50, 11])]
     w = class_weights(counts, k=250 / 11)[0]
     assert torch.allclose(w, torch.tensor([250 / 11 / 250, 250 / 11 / 50, 250 / 11 / 11]).float())
     torch.manual_seed(0)
     logits, y = torch.randn(8, 3), torch.randint(0, 3, (8, 1))
     loss = create_loss("weighted-ce", counts, weight_k=250 / 11)(logits, y)
-    assert torch.allclose(loss, F.cross_entropy(logits, y[:, 0], weight=w))
+    # Σ_b w_{y_b} CE_b / B, not PyTorch's weighted mean (which divides by Σ_b w_{y_b}, so k cancels)
+    assert torch.allclose(loss, F.cross_entropy(logits, y[:, 0], weight=w, reduction="sum") / 8)
+    assert not torch.allclose(loss, F.cross_entropy(logits, y[:, 0], weight=w))
+    unit = create_loss("weighted-ce", counts, weight_k=1.0)(logits, y)
+    assert torch.allclose(loss, unit * 250 / 11)  # k scales the loss
+    smoothed = create_loss("weighted-ce", counts, weight_k=3.0, label_smoothing=0.1)(logits, y)
+    expected = F.cross_entropy(logits, y[:, 0], weight=class_weights(counts, 3.0)[0], label_smoothing=0.1,
+                               reduction="sum") / 8
+    assert torch.allclose(smoothed, expected)
+
+
+def test_losses_take_explicit_options_and_create_loss_passes_only_theirs():
+    for name in LOSSES.names():
+        parameters = inspect.signature(LOSSES.get(name)).parameters.values()
+        assert not any(p.kind is p.VAR_KEYWORD for p in parameters), name
+    counts = [np.array([5, 1])]
+    assert isinstance(create_loss("ce", counts, weight_k=3.0), CrossEntropy)  # weight_k is not passed to ce
+    with pytest.raises(TypeError, match="weight_k"):
+        CrossEntropy(counts, weight_k=3.0)
+    with pytest.raises(TypeError, match="prior_counts"):
+        create_loss("balanced-softmax", counts, prior_counts=counts)
 
 
 def test_multi_group_loss_is_sum_over_sliced_groups():

@@ -20,12 +20,12 @@ LOSSES: Registry = Registry("loss", {
     "balanced-softmax": "synthaug.train.losses:BalancedSoftmax",
 })
 MIXING: Registry = Registry("mixing strategy", {
-    "real-only": "synthaug.train.mixing:real_only",
-    "combined": "synthaug.train.mixing:combined",
-    "oversample": "synthaug.train.mixing:oversample",
-    "balanced-batch": "synthaug.train.mixing:balanced_batch",
-    "rsp": "synthaug.train.mixing:random_selection",
-    "two-phase": "synthaug.train.mixing:two_phase",
+    "real-only": "synthaug.train.mixing:RealOnly",
+    "combined": "synthaug.train.mixing:Combined",
+    "oversample": "synthaug.train.mixing:Oversample",
+    "balanced-batch": "synthaug.train.mixing:BalancedBatch",
+    "rsp": "synthaug.train.mixing:RandomSelection",
+    "two-phase": "synthaug.train.mixing:TwoPhase",
 })
 AUGMENTS: Registry = Registry("augmentation preset", {
     name: f"synthaug.train.augment:preset_{name}"
@@ -40,6 +40,8 @@ BATCH_MIXES: Registry = Registry("batch mix", {
 })
 
 REAL_ONLY = {"real-only", "oversample"}  # mixing strategies that never use the synthetic set
+SHARE_MIXINGS = {"balanced-batch", "rsp"}  # mixing strategies that take synthetic_share
+PRIOR_LOSSES = {"weighted-ce", "balanced-softmax"}  # losses built from the class distribution (the prior)
 SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm uses the synthetic set
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 where the hardware runs it natively, else fp32
 
@@ -55,7 +57,7 @@ class ModelConfig(BaseModel):
     # head train; "all-but-head": only the head. Frozen BatchNorm layers stay in eval mode (running stats kept).
     freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
     trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
-    drop_rate: float = Field(0.0, ge=0, lt=1)  # small-cnn: dropout before its classifier
+    drop_rate: float = Field(0.0, ge=0, lt=1)  # backbone dropout before its pooled features (timm: drop_rate=)
 
 
 class TrainConfig(BaseModel):
@@ -64,9 +66,17 @@ class TrainConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    weight_k: float = Field(1.0, gt=0)  # weighted-ce: w_i = k / N_i
+    # weighted-ce: w_i = k / N_i, loss = Σ_batch w_{y} · CE / batch size, an unnormalised weighted sum (the
+    # DeepFashion study's reading), so k scales the loss (and with SGD, or Adam's coupled weight decay, the
+    # effective step); N_i are the expected images of class i in one epoch of the arm's batches (see `prior`).
+    weight_k: float = Field(1.0, gt=0)
+    # weighted-ce / balanced-softmax: the class distribution the loss corrects for. "auto": the one the arm's
+    # batches follow (real + synthetic counts for combined and two-phase phase 1, the expected batch mix for
+    # balanced-batch / rsp, uniform for oversample); "real": the real images' counts. Written to prior.json.
+    prior: Literal["auto", "real"] = "auto"
     mixing: registered(MIXING) = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, ...
-    # balanced-batch: the synthetic part of every batch; rsp: the probability p that a batch slot is synthetic
+    # balanced-batch: the synthetic part of every batch (round(batch_size × share) images, at least one real and
+    # one synthetic); rsp: the probability p that a batch slot is synthetic
     synthetic_share: float = Field(0.5, ge=0, lt=1)
     augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
     batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
@@ -83,7 +93,7 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0 (over `epochs`)
     image_size: int | None = None  # None: the real images' size
     precision: Precision = "auto"  # autocast; auto = bf16 where native (CUDA bf16, AVX512-BF16/AMX), else fp32
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)  # loader processes; performance only (results do not depend on it)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -96,7 +106,53 @@ class TrainConfig(BaseModel):
         if self.mixing != "two-phase" and self.phase2_epochs:
             raise SettingError(f"phase2_epochs={self.phase2_epochs} only applies to mixing 'two-phase', but mixing is "
                              f"{self.mixing!r}; set phase2_epochs: 0 or mixing: two-phase.")
+        if self.mixing == "balanced-batch":
+            balanced_batch_split(self.batch_size, self.synthetic_share)
         return self
+
+    def inapplicable(self, fields: set[str]) -> dict[str, str]:
+        """The ``fields`` that this config's loss, mixing, batch mix, optimizer or freeze mode ignores.
+
+        Args:
+            fields: field names, ``"model.<name>"`` for the model's (e.g. the ones a user set explicitly).
+
+        Returns:
+            ``{field: one-line reason naming the setting it would need}``; fields that apply are left out.
+
+        Raises:
+            KeyError: a name that is not a field of TrainConfig / ModelConfig.
+        """
+        reasons = {}
+        for name in sorted(fields):
+            level, field = (ModelConfig, name[6:]) if name.startswith("model.") else (TrainConfig, name)
+            if field not in level.model_fields:
+                raise KeyError(f"{name!r} is not a train config field.")
+            needs = self._applies(name)
+            if needs is not None:
+                reasons[name] = f"train.{name} is ignored: it {needs}."
+        return reasons
+
+    def _applies(self, name: str) -> str | None:
+        """None if field ``name`` takes effect under this config, else what it needs (for :meth:`inapplicable`)."""
+        rules = {
+            "synthetic_share": (self.mixing in SHARE_MIXINGS,
+                                f"applies to mixing balanced-batch or rsp, but mixing is {self.mixing!r}"),
+            "weight_k": (self.loss == "weighted-ce", f"applies to loss weighted-ce, but loss is {self.loss!r}"),
+            "prior": (self.loss in PRIOR_LOSSES,
+                      f"applies to loss weighted-ce or balanced-softmax, but loss is {self.loss!r}"),
+            "batch_mix_alpha": (self.batch_mix != "none",
+                                "applies to batch_mix cutmix, mixup or cutmix-or-mixup, but batch_mix is 'none'"),
+            "momentum": (self.optimizer == "sgd", f"applies to optimizer sgd, but optimizer is {self.optimizer!r}"),
+            "betas": (self.optimizer in ("adam", "adamw"),
+                      f"applies to optimizer adam or adamw, but optimizer is {self.optimizer!r}"),
+            "phase2_epochs": (self.mixing == "two-phase", f"applies to mixing two-phase, but mixing is {self.mixing!r}"),
+            "phase2_lr_scale": (self.mixing == "two-phase",
+                                f"applies to mixing two-phase, but mixing is {self.mixing!r}"),
+            "model.trainable_stages": (self.model.freeze == "all-but-last",
+                                       f"applies to model.freeze all-but-last, but freeze is {self.model.freeze!r}"),
+        }
+        applies, needs = rules.get(name, (True, ""))
+        return None if applies else needs
 
     @property
     def total_epochs(self) -> int:
@@ -106,3 +162,22 @@ class TrainConfig(BaseModel):
     def phase(self, epoch: int) -> int:
         """1, or 2 for the real-only epochs of ``two-phase`` (``epoch`` counts from 0)."""
         return 2 if self.mixing == "two-phase" and epoch >= self.epochs else 1
+
+
+def balanced_batch_split(batch_size: int, synthetic_share: float) -> tuple[int, int]:
+    """(real, synthetic) images per batch of mixing ``balanced-batch``: synthetic = round(batch_size × share).
+
+    Raises:
+        SettingError: a batch with no real image, or none synthetic although ``synthetic_share > 0``; the
+            message names the smallest batch_size that works at this share.
+    """
+    per_synth = round(batch_size * synthetic_share)
+    if per_synth < batch_size and (per_synth > 0 or synthetic_share == 0):
+        return batch_size - per_synth, per_synth
+    smallest = next(b for b in range(batch_size + 1, 10**6) if 0 < round(b * synthetic_share) < b)
+    shares = (f", or a synthetic_share strictly between {0.5 / batch_size:.3g} and {1 - 0.5 / batch_size:.3g}"
+              if batch_size > 1 else "")
+    raise SettingError(
+        f"mixing 'balanced-batch' with batch_size={batch_size} and synthetic_share={synthetic_share} gives "
+        f"{batch_size - per_synth} real and {per_synth} synthetic images per batch; every batch needs at least one "
+        f"of each. Use batch_size >= {smallest}{shares}.")

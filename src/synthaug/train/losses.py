@@ -1,11 +1,14 @@
 """Classification losses over one or more label groups, registered by name.
 
 Every loss is cross-entropy per label group on that group's slice of the logits, summed over groups;
-single-label data is the one-group case.
+single-label data is the one-group case. ``class_counts`` are, per group, the images of each class that the
+training batches hold (per epoch, possibly fractional expectations: see
+:func:`synthaug.train.mixing.batch_prior`); plain cross-entropy ignores them.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -46,30 +49,31 @@ class CrossEntropy(GroupedLoss):
 
 @LOSSES.register("weighted-ce")
 class WeightedCrossEntropy(GroupedLoss):
-    """Cross-entropy with class weights w_i = k / N_i (N_i = training images of class i).
+    """Cross-entropy with class weights w_i = k / N_i (N_i = images of class i in the training batches), as the
+    DeepFashion study's w_i = 250 / (11 N_i).
 
-    With PyTorch's weighted mean reduction the constant k cancels in the loss value's scale per batch;
-    it is kept so the weights match the formula a study reports (e.g. k = 250/11). Soft targets are
-    normalised the same way (see ``group_term``).
+    The loss is the unnormalised weighted sum over the batch divided by the batch size,
+    ``Σ_b Σ_c w_c ỹ_bc (−log p_bc) / B`` (ỹ: the one-hot or soft target, label-smoothed), not PyTorch's
+    weighted mean (which divides by Σ_b w_{y_b}, so that k cancels): k scales the loss linearly. Its
+    expectation is k · Σ_c CE_c / N, a class-balanced loss. Hard and soft (CutMix/MixUp) targets give the same
+    value for the same one-hot target.
     """
 
     def __init__(self, class_counts, *, label_smoothing: float = 0.0, weight_k: float = 1.0):
         super().__init__(class_counts, label_smoothing=label_smoothing)
+        if weight_k <= 0:
+            raise SettingError(f"weight_k must be > 0, but got {weight_k=}.")
         for g, w in enumerate(class_weights(class_counts, weight_k)):
             self.register_buffer(f"weight_{g}", w)
 
     def group_term(self, g, logits, target):
         weight = getattr(self, f"weight_{g}")
+        k = logits.shape[1]
         if not target.dtype.is_floating_point:
-            return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
-        # Soft targets (MixUp/CutMix). PyTorch's weighted mean over probability targets divides by the batch
-        # size, not by the summed weights as it does for class indices; normalise like the index case so
-        # one-hot targets give exactly the same loss, smoothing included:
-        #   loss = Σ_i Σ_c w_c ((1 − ε) y_ic + ε / C) (−log p_ic) / Σ_i Σ_c w_c y_ic
-        eps, k = self.label_smoothing, logits.shape[1]
-        smoothed = target * (1 - eps) + eps / k
-        nll = -(weight * smoothed * F.log_softmax(logits, 1)).sum()
-        return nll / (target * weight).sum().clamp_min(torch.finfo(logits.dtype).tiny)
+            target = F.one_hot(target.long(), k).to(logits.dtype)
+        # 1. label smoothing, as PyTorch: (1 − ε) y + ε / C;  2. Σ_b Σ_c w_c ỹ_bc (−log p_bc) / B
+        smoothed = target * (1 - self.label_smoothing) + self.label_smoothing / k
+        return -(weight * smoothed * F.log_softmax(logits, 1)).sum() / len(logits)
 
 
 @LOSSES.register("balanced-softmax")
@@ -95,6 +99,14 @@ def class_weights(class_counts: Sequence[np.ndarray], k: float = 1.0) -> list[to
     return [torch.as_tensor(k / np.maximum(np.asarray(c, dtype=np.float64), 1.0)).float() for c in class_counts]
 
 
-def create_loss(name: str, class_counts: Sequence[np.ndarray], **options) -> GroupedLoss:
-    """Builds the loss registered as ``name`` ("ce", "weighted-ce", "balanced-softmax")."""
-    return LOSSES.get(name)(class_counts, **options)
+def create_loss(name: str, class_counts: Sequence[np.ndarray], *, label_smoothing: float = 0.0,
+                weight_k: float = 1.0) -> GroupedLoss:
+    """Builds the loss registered as ``name`` ("ce", "weighted-ce", "balanced-softmax"), passing it only the
+    options it takes (``weight_k``: weighted-ce only; :meth:`TrainConfig.inapplicable` reports the others).
+
+    Raises:
+        UnknownNameError: an unknown name; the message lists the valid names.
+    """
+    cls = LOSSES.get(name)
+    options = {"label_smoothing": label_smoothing, "weight_k": weight_k}
+    return cls(class_counts, **{k: v for k, v in options.items() if k in inspect.signature(cls).parameters})

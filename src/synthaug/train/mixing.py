@@ -3,16 +3,20 @@
 A strategy turns the label arrays of the real and synthetic sets into one epoch of batches. Indices below
 ``num_real`` are real images; ``num_real + j`` is synthetic image j. All randomness comes from the
 ``numpy.random.Generator`` passed in, so an epoch is reproducible from (seed, epoch).
+
+Each strategy also knows the label distribution its batches follow (:meth:`MixingStrategy.expected_counts`):
+the class prior of Balanced Softmax and the N_i of weighted cross-entropy (see :func:`batch_prior`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
-from synthaug.train.config import MIXING, REAL_ONLY  # noqa: F401  (re-exported)
+from synthaug.train.config import MIXING, REAL_ONLY, balanced_batch_split  # noqa: F401  (re-exported)
 from synthaug.errors import SettingError
 
 Batches = list[np.ndarray]
@@ -20,34 +24,6 @@ Batches = list[np.ndarray]
 
 def _chunks(order: np.ndarray, batch_size: int) -> Batches:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@MIXING.register("real-only")
-def real_only(real_labels: np.ndarray, synth_labels: np.ndarray, *, batch_size: int,
-              rng: np.random.Generator, **_) -> Batches:
-    """Real images only, shuffled (the synthetic set is ignored)."""
-    return _chunks(rng.permutation(len(real_labels)), batch_size)
-
-
-@MIXING.register("combined")
-def combined(real_labels, synth_labels, *, batch_size, rng, **_) -> Batches:
-    """Real and synthetic images concatenated into one shuffled pool."""
-    return _chunks(rng.permutation(len(real_labels) + len(synth_labels)), batch_size)
-
-
-@MIXING.register("oversample")
-def oversample(real_labels, synth_labels, *, batch_size, rng, **_) -> Batches:
-    """Random oversampling of real images: every class (first label group) is resampled with replacement up
-    to the largest class's count; synthetic images are ignored. The baseline that synthetic data must beat."""
-    labels = real_labels[:, 0] if real_labels.ndim == 2 else real_labels
-    counts = np.bincount(labels)
-    target = counts.max()
-    idx = []
-    for c in np.flatnonzero(counts):
-        members = np.flatnonzero(labels == c)
-        idx.append(members)
-        idx.append(rng.choice(members, target - len(members), replace=True))
-    return _chunks(rng.permutation(np.concatenate(idx)), batch_size)
 
 
 def _cycle(n: int, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,67 +35,230 @@ def _cycle(n: int, total: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(passes)[:total]
 
 
+def _as_2d(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels[:, None] if labels.ndim == 1 else labels
+
+
+def class_counts(labels: np.ndarray, group_sizes: Sequence[int]) -> list[np.ndarray]:
+    """Images per class of every label group, as floats (``labels``: (N, G) class indices)."""
+    if len(labels) == 0:
+        return [np.zeros(k) for k in group_sizes]
+    labels = _as_2d(labels)
+    return [np.bincount(labels[:, g], minlength=k).astype(np.float64) for g, k in enumerate(group_sizes)]
+
+
+class MixingStrategy:
+    """Base of a mixing strategy: one epoch of batches, and the label distribution those batches follow."""
+
+    prior_rule = ""  # how :meth:`expected_counts` is made, in words (recorded in prior.json)
+
+    def batches(self, real_labels: np.ndarray, synth_labels: np.ndarray, *, batch_size: int,
+                rng: np.random.Generator) -> Batches:
+        raise NotImplementedError
+
+    def expected_counts(self, real_labels: np.ndarray, synth_labels: np.ndarray, group_sizes: Sequence[int], *,
+                        batch_size: int) -> list[np.ndarray]:
+        """Per label group, the expected number of images of each class in one epoch of :meth:`batches`
+        (expectation over the random draws)."""
+        raise NotImplementedError
+
+
+@MIXING.register("real-only")
+class RealOnly(MixingStrategy):
+    """Real images only, shuffled (the synthetic set is ignored)."""
+
+    prior_rule = "real class counts"
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        return _chunks(rng.permutation(len(real_labels)), batch_size)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        return class_counts(real_labels, group_sizes)
+
+
+@MIXING.register("combined")
+class Combined(MixingStrategy):
+    """Real and synthetic images concatenated into one shuffled pool."""
+
+    prior_rule = "real + synthetic class counts"
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        return _chunks(rng.permutation(len(real_labels) + len(synth_labels)), batch_size)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        real, synth = class_counts(real_labels, group_sizes), class_counts(synth_labels, group_sizes)
+        return [r + s for r, s in zip(real, synth)]
+
+
+@MIXING.register("oversample")
+class Oversample(MixingStrategy):
+    """Random oversampling of real images: every class (first label group) is resampled with replacement up
+    to the largest class's count; synthetic images are ignored. The baseline that synthetic data must beat."""
+
+    prior_rule = ("uniform over the first group's classes (oversampled real images); other groups: their "
+                  "distribution within each first-group class, averaged over those classes")
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        labels = real_labels[:, 0] if real_labels.ndim == 2 else real_labels
+        counts = np.bincount(labels)
+        target = counts.max()
+        idx = []
+        for c in np.flatnonzero(counts):
+            members = np.flatnonzero(labels == c)
+            idx.append(members)
+            idx.append(rng.choice(members, target - len(members), replace=True))
+        return _chunks(rng.permutation(np.concatenate(idx)), batch_size)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        # Every real image of first-group class c is drawn target / N_c times in expectation (once, plus
+        # target − N_c draws with replacement among the N_c members).
+        labels = _as_2d(real_labels)
+        counts = np.bincount(labels[:, 0], minlength=group_sizes[0])
+        draws_per_image = counts.max() / counts[labels[:, 0]]
+        return [np.bincount(labels[:, g], weights=draws_per_image, minlength=k) for g, k in enumerate(group_sizes)]
+
+
+def _mix(real_labels, synth_labels, group_sizes, real_draws: float, synth_draws: float) -> list[np.ndarray]:
+    """Expected counts when ``real_draws`` real and ``synth_draws`` synthetic images are drawn in shuffled
+    passes (every image of a set equally often)."""
+    real, synth = class_counts(real_labels, group_sizes), class_counts(synth_labels, group_sizes)
+    n_real, n_synth = max(len(real_labels), 1), max(len(synth_labels), 1)
+    return [r * real_draws / n_real + s * synth_draws / n_synth for r, s in zip(real, synth)]
+
+
 @MIXING.register("balanced-batch")
-def balanced_batch(real_labels, synth_labels, *, batch_size, rng, synthetic_share: float = 0.5, **_) -> Batches:
-    """Every batch holds a fixed real:synthetic share (default 50/50).
+class BalancedBatch(MixingStrategy):
+    """Every batch holds a fixed real:synthetic share (default 50/50): round(batch_size × share) synthetic.
 
     An epoch is one pass over the real images; synthetic images are drawn in shuffled passes.
     """
-    if not 0 <= synthetic_share < 1:
-        raise SettingError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
-    n_real, n_synth = len(real_labels), len(synth_labels)
-    per_synth = round(batch_size * synthetic_share) if n_synth else 0
-    per_real = batch_size - per_synth
-    steps = math.ceil(n_real / per_real)
-    real_idx = _cycle(n_real, steps * per_real, rng)
-    synth_idx = _cycle(n_synth, steps * per_synth, rng) + n_real if per_synth else np.zeros(0, dtype=np.int64)
-    return [rng.permutation(np.concatenate([real_idx[s * per_real:(s + 1) * per_real],
-                                            synth_idx[s * per_synth:(s + 1) * per_synth]]))
-            for s in range(steps)]
+
+    def __init__(self, *, synthetic_share: float = 0.5):
+        if not 0 <= synthetic_share < 1:
+            raise SettingError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
+        self.synthetic_share = synthetic_share
+        self.prior_rule = (f"expected batch mix: {synthetic_share} × synthetic + {1 - synthetic_share:g} × real "
+                           "class distribution (share rounded per batch)")
+
+    def _split(self, n_real: int, n_synth: int, batch_size: int) -> tuple[int, int, int]:
+        """(steps, real per batch, synthetic per batch)."""
+        per_real, per_synth = balanced_batch_split(batch_size, self.synthetic_share) if n_synth else (batch_size, 0)
+        return math.ceil(n_real / per_real), per_real, per_synth
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        n_real, n_synth = len(real_labels), len(synth_labels)
+        steps, per_real, per_synth = self._split(n_real, n_synth, batch_size)
+        real_idx = _cycle(n_real, steps * per_real, rng)
+        synth_idx = _cycle(n_synth, steps * per_synth, rng) + n_real
+        return [rng.permutation(np.concatenate([real_idx[s * per_real:(s + 1) * per_real],
+                                                synth_idx[s * per_synth:(s + 1) * per_synth]]))
+                for s in range(steps)]
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        steps, per_real, per_synth = self._split(len(real_labels), len(synth_labels), batch_size)
+        return _mix(real_labels, synth_labels, group_sizes, steps * per_real, steps * per_synth)
 
 
 @MIXING.register("rsp")
-def random_selection(real_labels, synth_labels, *, batch_size, rng, synthetic_share: float = 0.5, **_) -> Batches:
+class RandomSelection(MixingStrategy):
     """Random selection with probability: each batch slot is synthetic with probability p = synthetic_share.
 
     Real and synthetic images are drawn in shuffled passes (no repeat within a pass). An epoch has
     ceil(N_real / (1 − p)) slots, so it is one pass over the real images in expectation.
 
     Raises:
-        ValueError: p outside [0, 1), or an empty synthetic set with p > 0.
+        SettingError: p outside [0, 1), or an empty synthetic set with p > 0.
     """
-    if not 0 <= synthetic_share < 1:
-        raise SettingError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
-    n_real, n_synth = len(real_labels), len(synth_labels)
-    if n_synth == 0 and synthetic_share > 0:
-        raise SettingError("mixing 'rsp' draws from the synthetic set, but it is empty; generate images first or "
-                         "use mixing 'real-only'.")
-    slots = math.ceil(n_real / (1 - synthetic_share))
-    is_synth = rng.random(slots) < synthetic_share
-    order = np.empty(slots, dtype=np.int64)
-    order[~is_synth] = _cycle(n_real, int((~is_synth).sum()), rng)
-    order[is_synth] = _cycle(n_synth, int(is_synth.sum()), rng) + n_real
-    return _chunks(order, batch_size)
+
+    def __init__(self, *, synthetic_share: float = 0.5):
+        if not 0 <= synthetic_share < 1:
+            raise SettingError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
+        self.synthetic_share = synthetic_share
+        self.prior_rule = (f"expected batch mix: {synthetic_share} × synthetic + {1 - synthetic_share:g} × real "
+                           "class distribution")
+
+    def _slots(self, n_real: int, n_synth: int) -> int:
+        if n_synth == 0 and self.synthetic_share > 0:
+            raise SettingError("mixing 'rsp' draws from the synthetic set, but it is empty; generate images first "
+                               "or use mixing 'real-only'.")
+        return math.ceil(n_real / (1 - self.synthetic_share))
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        n_real, n_synth = len(real_labels), len(synth_labels)
+        slots = self._slots(n_real, n_synth)
+        is_synth = rng.random(slots) < self.synthetic_share
+        order = np.empty(slots, dtype=np.int64)
+        order[~is_synth] = _cycle(n_real, int((~is_synth).sum()), rng)
+        order[is_synth] = _cycle(n_synth, int(is_synth.sum()), rng) + n_real
+        return _chunks(order, batch_size)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        slots = self._slots(len(real_labels), len(synth_labels))
+        p = self.synthetic_share
+        return _mix(real_labels, synth_labels, group_sizes, slots * (1 - p), slots * p)
 
 
 @MIXING.register("two-phase")
-def two_phase(real_labels, synth_labels, *, batch_size, rng, phase: int = 1, **_) -> Batches:
+class TwoPhase(MixingStrategy):
     """Phase 1: real and synthetic images in one shuffled pool (as ``combined``); phase 2: real images only.
 
     The training loop runs ``epochs`` epochs of phase 1, then ``phase2_epochs`` epochs of phase 2 at a
     learning rate scaled by ``phase2_lr_scale``.
     """
-    if phase not in (1, 2):
-        raise SettingError(f"two-phase mixing has phases 1 and 2, but got {phase=}.")
-    if phase == 1:
-        return combined(real_labels, synth_labels, batch_size=batch_size, rng=rng)
-    return real_only(real_labels, synth_labels, batch_size=batch_size, rng=rng)
+
+    def __init__(self, *, phase: int = 1):
+        if phase not in (1, 2):
+            raise SettingError(f"two-phase mixing has phases 1 and 2, but got {phase=}.")
+        self.phase = phase
+        self._strategy = Combined() if phase == 1 else RealOnly()
+        self.prior_rule = f"phase {phase}: {self._strategy.prior_rule}"
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        return self._strategy.batches(real_labels, synth_labels, batch_size=batch_size, rng=rng)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        return self._strategy.expected_counts(real_labels, synth_labels, group_sizes, batch_size=batch_size)
+
+
+def create_strategy(name: str, *, synthetic_share: float = 0.5, phase: int = 1) -> MixingStrategy:
+    """The strategy registered as ``name``, given only the options it takes (``synthetic_share`` for
+    balanced-batch / rsp, ``phase`` for two-phase).
+
+    Raises:
+        UnknownNameError: an unknown name; the message lists the valid names.
+    """
+    cls = MIXING.get(name)
+    options = {"synthetic_share": synthetic_share, "phase": phase}
+    return cls(**{k: v for k, v in options.items() if k in inspect.signature(cls).parameters})
 
 
 def make_batches(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray, *, batch_size: int,
-                 rng: np.random.Generator, **options) -> Batches:
-    """One epoch of batches from the strategy registered as ``strategy``."""
-    fn: Callable[..., Batches] = MIXING.get(strategy)
+                 rng: np.random.Generator, synthetic_share: float = 0.5, phase: int = 1) -> Batches:
+    """One epoch of batches from the strategy registered as ``strategy`` (options it does not take are not
+    passed to it; :meth:`synthaug.train.config.TrainConfig.inapplicable` reports them)."""
     if batch_size < 1:
         raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
-    return fn(np.asarray(real_labels), np.asarray(synth_labels), batch_size=batch_size, rng=rng, **options)
+    mixing = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
+    return mixing.batches(np.asarray(real_labels), np.asarray(synth_labels), batch_size=batch_size, rng=rng)
+
+
+def batch_prior(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray, group_sizes: Sequence[int], *,
+                batch_size: int, synthetic_share: float = 0.5, phase: int = 1,
+                prior: str = "auto") -> tuple[list[np.ndarray], str]:
+    """The class distribution a loss corrects for, as expected images per class and epoch.
+
+    Args:
+        prior: "auto": the distribution the strategy's batches follow; "real": the real images' counts.
+
+    Returns:
+        (per label group: expected images of each class in one epoch, the rule that made them in words).
+    """
+    real_labels, synth_labels = np.asarray(real_labels), np.asarray(synth_labels)
+    if prior == "real":
+        return class_counts(real_labels, group_sizes), "real class counts (prior: real)"
+    if prior != "auto":
+        raise SettingError(f"train.prior must be 'auto' or 'real', but got {prior!r}.")
+    mixing = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
+    counts = mixing.expected_counts(real_labels, synth_labels, group_sizes, batch_size=batch_size)
+    return counts, mixing.prior_rule
