@@ -15,7 +15,9 @@ from synthaug.data.schema import LabeledImages
 class ImageSet(Dataset):
     """Real images (indices < len(real)) followed by synthetic ones; decoded once and cached as uint8.
 
-    Items are (transformed image, label vector, is_synthetic).
+    Items are (transformed image, label vector, is_synthetic). An item asked for as ``(index, seed)`` is
+    augmented with torch's random generator seeded with ``seed`` (the global state is left as it was), so the
+    result does not depend on which process loads it or on what ran before (see :func:`seeded_batches`).
     """
 
     def __init__(self, real: LabeledImages, synthetic: LabeledImages | None, transform: Callable, image_size: int):
@@ -35,5 +37,22 @@ class ImageSet(Dataset):
             self._cache[i] = self._resize(part.image(j))
         return self._cache[i]
 
-    def __getitem__(self, i: int):
-        return self.transform(self._raw(i)), torch.as_tensor(self.labels[i]), i >= self.num_real
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            image = self.transform(self._raw(i))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(self._raw(i))
+        return image, torch.as_tensor(self.labels[i]), i >= self.num_real
+
+
+def seeded_batches(batches: list[np.ndarray], seed: int) -> list[list[tuple[int, int]]]:
+    """``batches`` of indices as ``(index, seed)`` keys of :class:`ImageSet`: the k-th image of the epoch gets
+    ``seed + k`` (mod 2^63)."""
+    keys, k = [], 0
+    for batch in batches:
+        keys.append([(int(i), (seed + k + j) % (1 << 63)) for j, i in enumerate(batch)])
+        k += len(batch)
+    return keys

@@ -1,31 +1,29 @@
 """Classifier training: any model, loss, augmentation preset, batch mix (CutMix/MixUp) and real+synthetic
 mixing strategy, with linear warm-up then cosine decay (plus a real-only fine-tuning phase for ``two-phase``),
-per-epoch checkpoints (resume after an interruption) and curves (CSV + PNG, with the phase of each epoch)."""
+per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the phase of each epoch)."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.train.augment import create_transform, eval_transform
 from synthaug.train.batch_mix import create_batch_mix, hard_labels
-from synthaug.train.data import ImageSet
-from synthaug.train.config import TrainConfig
+from synthaug.train import checkpoint
+from synthaug.train.data import ImageSet, seeded_batches
+from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
 from synthaug.train.losses import create_loss
-from synthaug.train.mixing import make_batches
+from synthaug.train.mixing import batch_prior, make_batches
 from synthaug.train.models import Classifier, create_classifier, parameter_counts, save_classifier
-from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything
+from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +87,21 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_phase1
 def train_classifier(
     real: LabeledImages, synthetic: LabeledImages | None, cfg: TrainConfig, workdir: str | Path, *,
     val: LabeledImages | None = None, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True,
+    keep_checkpoint: bool = False,
 ) -> Classifier:
     """Trains a classifier and saves it to ``workdir/model``; resumes from ``workdir/last`` if present.
 
+    An interrupted run, resumed, ends with the same weights as an uninterrupted one: the epoch checkpoint
+    holds the random states too, every image's augmentation is seeded by (seed, epoch, position) and loader
+    workers by (seed, epoch), so neither the resume point nor ``num_workers`` changes the result.
+
     Logs the trainable / total parameter counts at the start (and saves them in ``model/classifier.json``);
-    writes ``curves.csv`` / ``curves.png`` (epoch, phase, lr, train and val loss and accuracy).
+    writes ``prior.json`` (the class prior of weighted-ce / balanced-softmax, per phase) and ``curves.csv`` /
+    ``curves.png`` (epoch, phase, lr, train and val loss and accuracy).
+
+    Args:
+        keep_checkpoint: leave ``workdir/last`` in place at the end (the caller deletes it once it has used the
+            model, e.g. after evaluating it); calling again then returns without retraining.
 
     Returns:
         The trained model (eval mode).
@@ -108,9 +116,7 @@ def train_classifier(
              cfg.model.freeze)
     data = ImageSet(real, synthetic, create_transform(cfg.augment, real.channels, image_size), image_size)
     synth_labels = data.labels[data.num_real:]
-    counts = [np.bincount(real.labels[:, g], minlength=n) for g, n in enumerate(real.schema.group_sizes)]
-    options = {"label_smoothing": cfg.label_smoothing} | ({"weight_k": cfg.weight_k} if cfg.loss == "weighted-ce" else {})
-    criterion = create_loss(cfg.loss, counts, **options).to(device)
+    criteria = _criteria(cfg, real, synth_labels, workdir, device)
     mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
 
     def epoch_batches(epoch: int):
@@ -121,34 +127,66 @@ def train_classifier(
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     schedule = lr_schedule(optimizer, cfg, len(epoch_batches(0)),
                            len(epoch_batches(cfg.epochs)) if cfg.phase2_epochs else 0)
-    start, curves = _resume(workdir / "last", model, optimizer, schedule)
+    scaler = grad_scaler(precision, device)
+    start, curves = _resume(workdir / "last", model, optimizer, schedule, scaler)
+    if start >= cfg.total_epochs:
+        log.info("%s: all %d epochs are done; not retraining.", workdir / "last", cfg.total_epochs)
     bar = tqdm(range(start, cfg.total_epochs), initial=start, total=cfg.total_epochs,
                desc=f"train {workdir.parent.name}/{workdir.name}", unit="epoch", disable=not progress)
     for epoch in bar:
-        loader = DataLoader(data, batch_sampler=epoch_batches(epoch), collate_fn=_collate,
-                            num_workers=cfg.num_workers)
+        batches = seeded_batches(epoch_batches(epoch), derive_seed(seed, "augment", epoch))
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers,
+                            generator=torch.Generator().manual_seed(derive_seed(seed, "loader", epoch)))
+        criterion = criteria[cfg.phase(epoch)]
         row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
-               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, device, precision)}
+               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, scaler, device, precision)}
         if val is not None and len(val):
             logits = predict(model, val, image_size, device=device)
             row["val_loss"] = criterion(logits.to(device), torch.as_tensor(val.labels, device=device)).item()
             row["val_acc"] = _group_mean_correct(model, logits, torch.as_tensor(val.labels)) / len(val)
         curves.append(row)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_acc")})
-        _checkpoint(workdir / "last", model, optimizer, schedule, epoch + 1, curves)
+        _checkpoint(workdir / "last", model, optimizer, schedule, scaler, epoch + 1, curves)
     bar.close()
     save_classifier(model, cfg.model, real.schema, real.channels, image_size, workdir / "model")
     write_curves(workdir / "curves.csv", curves)
     training_curves_plot(workdir / "curves.csv", workdir / "curves.png")
-    shutil.rmtree(workdir / "last", ignore_errors=True)
+    if not keep_checkpoint:
+        checkpoint.remove(workdir / "last")
     return model.eval()
 
 
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler for fp16 training (bf16 and fp32 need none: the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, workdir: Path,
+              device: torch.device) -> dict[int, torch.nn.Module]:
+    """The loss of each phase, built on the class prior of that phase's batches; writes ``prior.json``:
+    ``{"loss", "prior", "phases": {phase: {"rule", "groups": {group: {class: probability}}}}}``."""
+    criteria, record = {}, {}
+    for phase in sorted({cfg.phase(e) for e in range(cfg.total_epochs)}):
+        counts, rule = batch_prior(cfg.mixing, real.labels, synth_labels, real.schema.group_sizes,
+                                   batch_size=cfg.batch_size, synthetic_share=cfg.synthetic_share, phase=phase,
+                                   prior=cfg.prior)
+        criteria[phase] = create_loss(cfg.loss, counts, label_smoothing=cfg.label_smoothing,
+                                      weight_k=cfg.weight_k).to(device)
+        record[str(phase)] = {"rule": rule, "groups": {
+            group.name: dict(zip(group.classes, (c / max(c.sum(), 1e-12)).tolist()))
+            for group, c in zip(real.schema.groups, counts)}}
+    if cfg.loss in PRIOR_LOSSES:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json(workdir / "prior.json", {"loss": cfg.loss, "prior": cfg.prior, "phases": record})
+    return criteria
+
+
 def _train_epoch(model: Classifier, loader: DataLoader, mixer, criterion, optimizer, schedule,
-                 device: torch.device, precision: str) -> dict:
+                 scaler: torch.amp.GradScaler, device: torch.device, precision: str) -> dict:
     """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``.
 
-    With CutMix/MixUp the accuracy counts the class with the larger share of each soft target.
+    With CutMix/MixUp the accuracy counts the class with the larger share of each soft target. With fp16
+    the loss is scaled (``scaler``); a step whose gradients overflow is skipped.
     """
     model.train()
     total_loss, correct, seen, lr = 0.0, 0.0, 0, float("nan")
@@ -158,8 +196,9 @@ def _train_epoch(model: Classifier, loader: DataLoader, mixer, criterion, optimi
             logits = model(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         lr = schedule.get_last_lr()[0]  # the rate this step used
         schedule.step()
         total_loss += loss.item() * len(x)
@@ -175,26 +214,20 @@ def _group_mean_correct(model: Classifier, logits: torch.Tensor, labels: torch.T
     return torch.stack(hits, 1).mean(1).sum().item()
 
 
-def _checkpoint(folder: Path, model, optimizer, schedule, epoch: int, curves: list[dict]) -> None:
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch}, tmp / "trainer.pt")
-    write_curves(tmp / "curves.csv", curves)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+def _checkpoint(folder: Path, model, optimizer, schedule, scaler, epoch: int, curves: list[dict]) -> None:
+    trainer = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+               "scaler": scaler.state_dict(), "epoch": epoch}
+    checkpoint.save(folder, model, trainer, curves)
 
 
-def _resume(folder: Path, model, optimizer, schedule) -> tuple[int, list[dict]]:
-    if not (folder / "trainer.pt").is_file():
+def _resume(folder: Path, model, optimizer, schedule, scaler) -> tuple[int, list[dict]]:
+    found = checkpoint.find(folder)
+    if found is None:
         return 0, []
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    state = torch.load(folder / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    with open(folder / "curves.csv") as f:
-        curves = [{k: int(float(v)) if k in ("epoch", "phase") else float(v) for k, v in row.items() if v != ""}
-                  for row in csv.DictReader(f)]
-    log.info("Resuming classifier training from %s (epoch %d).", folder, state["epoch"])
-    return int(state["epoch"]), curves
+    trainer, curves = checkpoint.load(found, model)
+    optimizer.load_state_dict(trainer["optimizer"])
+    schedule.load_state_dict(trainer["schedule"])
+    if trainer.get("scaler"):
+        scaler.load_state_dict(trainer["scaler"])
+    log.info("Resuming classifier training from %s (epoch %d).", found, trainer["epoch"])
+    return int(trainer["epoch"]), curves

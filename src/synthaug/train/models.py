@@ -111,8 +111,16 @@ def create_classifier(config: ModelConfig, schema: LabelSchema, in_chans: int) -
             close = timm.list_models(f"*{config.name.split('_')[0]}*")[:8]
             raise SettingError(f"Unknown model {config.name!r} (train.model.name); 'small-cnn' or a timm model, "
                              f"e.g. {close or timm.list_models()[:5]}.")
+        # drop_rate only when set: a few timm models take no drop_rate argument
+        options = {"drop_rate": config.drop_rate} if config.drop_rate else {}
         try:
-            backbone = timm.create_model(config.name, pretrained=config.pretrained, num_classes=0, in_chans=in_chans)
+            backbone = timm.create_model(config.name, pretrained=config.pretrained, num_classes=0, in_chans=in_chans,
+                                         **options)
+        except TypeError as e:
+            if "drop_rate" not in str(e):
+                raise
+            raise SettingError(f"timm model {config.name!r} takes no drop_rate, but train.model.drop_rate="
+                               f"{config.drop_rate}; set drop_rate: 0 (or use dropout, before the head).") from None
         except (OSError, RuntimeError, ValueError) as e:
             if not config.pretrained:
                 raise
