@@ -81,6 +81,10 @@ class PseudoLabelGenerator(Generator):
         """The unlabelled item behind a line (its ``label_ids`` are the classifier's, not the item's)."""
         return dataclasses.replace(self.base.item_from_record({**record, "label_ids": None}), labels=None)
 
+    def sampling_params(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``base_params`` with the base generator's sampling settings of the line."""
+        return {"base_params": {**self.config.base_params, **self.base.sampling_params(record)}}
+
     def provenance(self) -> dict[str, Any]:
         base = self.base.provenance()
         return {**base, "method": self.name, "base_method": base.get("method"),
