@@ -1,3 +1,6 @@
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +88,141 @@ def test_bad_param_names_the_field():
         create_generator("ddpm", {"sampling_steps": 0}, load_source("digits").schema)
     with pytest.raises(ValueError, match=r"generator\.params\.nonsense"):
         create_generator("ddpm", {"nonsense": 1}, load_source("digits").schema)
+
+
+# ------------------------------------------------------------------------------------------ issue 12
+TRAINED = {**TINY, "train_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    """The workdir of a ddpm model trained with TRAINED on the digits."""
+    workdir = tmp_path_factory.mktemp("ddpm")
+    create_generator("ddpm", TRAINED, digits.schema, workdir=workdir, progress=False).fit(digits)
+    return workdir
+
+
+def test_guidance_formula_is_pinned(digits, trained):
+    """ε = ε_∅ + w (ε_y − ε_∅): w = 0 is the null-class prediction, w = 1 the conditional one."""
+    g = create_generator("ddpm", TRAINED, digits.schema, workdir=trained)
+    unet = g._load()
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), 10
+    y = torch.tensor([3, 7])
+    null = torch.full_like(y, unet.config.num_class_embeds - 1)
+    with torch.no_grad():
+        eps_y, eps_null = unet(x, t, class_labels=y).sample, unet(x, t, class_labels=null).sample
+        for w, expected in ((0.0, eps_null), (1.0, eps_y), (2.5, eps_null + 2.5 * (eps_y - eps_null))):
+            assert torch.allclose(g.predict_noise(x, t, y, w), expected, atol=1e-5), f"w={w}"
+    assert not torch.allclose(eps_y, eps_null, atol=1e-4)  # so the cases above tell the branches apart
+    # end to end: w = 0 samples a labelled item exactly as its null-class (unlabelled) twin
+    item = make_items(digits.schema, [0, 0, 0, 1] + [0] * 6, seed=0)[0]
+    g.config.guidance_scale = 0.0
+    labelled = np.asarray(g.generate([item])[0], dtype=int)
+    unlabelled = np.asarray(g.generate([dataclasses.replace(item, labels=None)])[0], dtype=int)
+    assert np.abs(labelled - unlabelled).max() <= 1
+
+
+def test_fit_twice_does_not_retrain_and_a_new_training_setting_does(digits, trained, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(trained, workdir)
+    weights = workdir / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    g = create_generator("ddpm", {**TINY, "train_steps": 2, "guidance_scale": 4.0, "checkpoint_every": 9},
+                         digits.schema, workdir=workdir, progress=False)
+    assert g.is_fitted()  # sampling and performance settings do not make another model
+    g.fit(digits)
+    assert weights.stat().st_mtime_ns == before, "fit retrained a model it already had"
+    info = json.loads((workdir / "model" / "synthaug.json").read_text())
+    assert info["training"] == g.config.training_part() and "guidance_scale" not in info["training"]
+    other = create_generator("ddpm", {**TINY, "train_steps": 3}, digits.schema, workdir=workdir, progress=False)
+    assert not other.is_fitted()
+    other.fit(digits)
+    assert other.is_fitted() and weights.stat().st_mtime_ns != before
+
+
+def test_an_interrupted_model_swap_is_recovered(digits, trained, tmp_path):
+    """The states a crash can leave inside install_model_dir: the old model renamed aside and the complete
+    new one not yet renamed in; or both in place. Opening the workdir repairs either."""
+    import shutil
+
+    item = make_items(digits.schema, [1] + [0] * 9, seed=0)[:1]
+    expected = np.asarray(create_generator("ddpm", TRAINED, digits.schema, workdir=trained).generate(item)[0])
+    for state in ("old-aside-new-partial", "old-aside-only", "both"):
+        workdir = tmp_path / state
+        shutil.copytree(trained, workdir)
+        model = workdir / "model"
+        if state == "old-aside-new-partial":  # crash between "rename old aside" and "rename new in"
+            shutil.copytree(model, workdir / "model.partial")
+            model.rename(workdir / "model.old")
+        elif state == "old-aside-only":  # the new model was still being written
+            model.rename(workdir / "model.old")
+        else:  # crash before the old copy was deleted
+            shutil.copytree(model, workdir / "model.old")
+        g = create_generator("ddpm", TRAINED, digits.schema, workdir=workdir)
+        assert g.is_fitted(), state
+        assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("model")) == ["model"], state
+        assert np.array_equal(np.asarray(g.generate(item)[0]), expected), state
+
+
+def test_a_checkpoint_for_other_classes_is_refused(digits, trained, tmp_path):
+    from synthaug.data.schema import LabelSchema
+    from synthaug.errors import MissingFileError, SettingError
+
+    other = LabelSchema.single([str(i) for i in range(9)] + ["ten"])
+    g = create_generator("ddpm", {**TINY, "checkpoint": str(trained / "model")}, other, workdir=tmp_path)
+    with pytest.raises(SettingError, match=r"label schema .*'ten'.*model") as err:
+        g.check_loadable()
+    assert str(trained / "model") in str(err.value)
+    with pytest.raises(SettingError, match="label schema"):
+        g.fit(digits)
+    same = create_generator("ddpm", {**TINY, "checkpoint": str(trained / "model")}, digits.schema, workdir=tmp_path)
+    same.check_loadable()
+    (tmp_path / "bare" / "unet").mkdir(parents=True)
+    (tmp_path / "bare" / "unet" / "config.json").write_text("{}")
+    bare = create_generator("ddpm", {**TINY, "checkpoint": str(tmp_path / "bare")}, digits.schema, workdir=tmp_path)
+    with pytest.raises(MissingFileError, match="synthaug.json"):
+        bare.check_loadable()
+
+
+def test_progress_false_silences_the_training_bar(digits, tmp_path, capsys):
+    for progress in (True, False):
+        g = create_generator("ddpm", {**TINY, "train_steps": 1}, digits.schema, workdir=tmp_path / str(progress),
+                             progress=progress)
+        g.fit(digits)
+        assert ("train ddpm" in capsys.readouterr().err) == progress
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_item_gives_the_same_image_on_cpu_and_cuda(digits, trained):
+    items = make_items(digits.schema, [1] * 10, seed=0)[:3]
+    for sampler in ("ddpm", "dpmsolver++"):  # stochastic steps too
+        cfg = {**TRAINED, "sampler": sampler}
+        cpu = create_generator("ddpm", cfg, digits.schema, workdir=trained).generate(items)
+        gpu = create_generator("ddpm", cfg, digits.schema, workdir=trained, device="cuda").generate(items)
+        for a, b in zip(cpu, gpu):
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_training_scales_the_loss_and_resumes_the_scale(digits, tmp_path):
+    cfg = {**TINY, "train_steps": 4, "checkpoint_every": 2, "precision": "fp16"}
+    g = create_generator("ddpm", cfg, digits.schema, workdir=tmp_path, device="cuda", progress=False)
+    save = g._save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(*args):
+        save(*args)
+        raise Killed
+
+    g._save_checkpoint = save_then_die
+    with pytest.raises(Killed):
+        g.fit(digits)
+    state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.pt", weights_only=True)
+    assert state["grad_scaler"]["scale"] > 1  # a GradScaler ran
+    create_generator("ddpm", cfg, digits.schema, workdir=tmp_path, device="cuda", progress=False).fit(digits)
+    assert all(torch.isfinite(p).all() for p in create_generator(
+        "ddpm", cfg, digits.schema, workdir=tmp_path, device="cuda")._load().parameters())
