@@ -51,10 +51,22 @@ def test_cutmix_pastes_one_box_whose_area_matches_lambda(size):
             rows, cols = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
             assert pasted.sum().item() == len(rows) * len(cols)
             assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
-    # unclipped boxes (centre far from the border) have the area (1 − λ)·H·W up to rounding
-    top, bottom, left, right = cutmix_box(100, 100, 0.75, np.random.default_rng(0))
-    if 25 <= (top + bottom) / 2 <= 75 and 25 <= (left + right) / 2 <= 75:
-        assert (bottom - top) * (right - left) == 50 * 50
+
+
+def test_cutmix_box_area_is_one_minus_lambda_unless_clipped():
+    """λ = 0.75 on 100 × 100: sides 50; a box whose centre is at least 25 from every border is unclipped and
+    has the area (1 − λ)·H·W exactly; the others are clipped smaller. Both kinds occur among the seeds."""
+    unclipped = clipped = 0
+    for seed in range(20):
+        top, bottom, left, right = cutmix_box(100, 100, 0.75, np.random.default_rng(seed))
+        area = (bottom - top) * (right - left)
+        if 25 <= (top + bottom) / 2 <= 75 and 25 <= (left + right) / 2 <= 75:
+            assert area == 50 * 50, seed
+            unclipped += 1
+        else:
+            assert area < 50 * 50, seed
+            clipped += 1
+    assert unclipped >= 3 and clipped >= 3  # the branches above ran
 
 
 def test_cutmix_embedding_pastes_one_span():
