@@ -242,3 +242,68 @@ def test_clear_errors(tiny_sd_dir, real, tmp_path):
         _generator(tiny_sd_dir, tmp_path / "w5", mode="pretrained", checkpoint="x")
     with pytest.raises(ValueError, match="coarse_steps"):
         _generator(tiny_sd_dir, tmp_path / "w6", coarse_steps=-1)
+
+
+# ------------------------------------------------------------------------------------------ issue 12
+def _with_captions(real, captions):
+    return LabeledImages(real.schema, labels=real.labels, ids=list(real.ids), pixels=real.pixels,
+                         captions=captions)
+
+
+def test_label_captions_make_mixing_a_no_op_and_warn_while_data_captions_mix(tiny_sd_dir, real, tmp_path,
+                                                                            caplog):
+    items = [PlanItem(f"cat-{k}", (0,), seed=k) for k in range(6)]
+    plain = _generator(tiny_sd_dir, tmp_path / "labels", mode="pretrained", coarse_steps=3, fine_steps=20)
+    with caplog.at_level("WARNING", logger="synthaug.generators.mvc"):
+        plain.fit(real)
+    assert "does nothing" in caplog.text and "caption_source: data" in caplog.text
+    cat = plain._load_data()[2]["class/0"]
+    assert torch.equal(cat[0], cat[1]) and torch.equal(cat[0], cat[2])  # one caption for the whole class
+    assert all(torch.equal(plain.condition(it)[0], cat[0]) for it in items)  # the "mix" is a copy
+
+    captions = ["a striped cat", "a cat on grass", "a sleeping cat", "a dog with a ball", "a small dog"]
+    caplog.clear()
+    mixing = _generator(tiny_sd_dir, tmp_path / "data", mode="pretrained", coarse_steps=3, fine_steps=20)
+    with caplog.at_level("WARNING", logger="synthaug.generators.mvc"):
+        mixing.fit(_with_captions(real, captions))  # caption_source "auto" picks the data's captions
+    assert "does nothing" not in caplog.text
+    stored = json.loads((tmp_path / "data" / "captions.json").read_text())
+    assert stored["real-1"] == "This is an image of cat, a cat on grass"
+    cat = mixing._load_data()[2]["class/0"]
+    mixed = [mixing.condition(it)[0] for it in items]
+    assert any(not any(torch.equal(m, e) for e in cat) for m in mixed), "no mixed embedding differs from a caption's"
+    assert all((m[None] == cat).any(0).all() for m in mixed)  # every value still from the class's captions
+
+
+def test_caption_source_settings_are_checked(tiny_sd_dir, real, tmp_path):
+    with pytest.raises(ValueError, match="caption_source='data' needs per-image captions"):
+        _generator(tiny_sd_dir, tmp_path / "a", mode="pretrained", caption_source="data").fit(real)
+    with pytest.raises(ValueError, match="needs generator.params.captioner"):
+        _generator(tiny_sd_dir, tmp_path / "b", caption_source="blip2")
+    with pytest.raises(ValueError, match="used only with caption_source 'blip2'"):
+        _generator(tiny_sd_dir, tmp_path / "c", caption_source="labels", captioner="x")
+
+
+def test_a_checkpoint_for_other_classes_is_refused(tiny_sd_dir, blip2_dir, real, finetuned, tmp_path):
+    from synthaug.errors import SettingError
+
+    other = LabelSchema.single(["cat", "dog", "fish"])
+    params = _params(tiny_sd_dir, mode="finetuned", checkpoint=str(finetuned / "model"))
+    gen = create_generator("mvc", params, other, workdir=tmp_path / "w", seed=0, progress=False)
+    other_real = LabeledImages(other, labels=real.labels, ids=list(real.ids), pixels=real.pixels)
+    with pytest.raises(SettingError, match=r"label schema .*bird.*data has schema .*fish") as err:
+        gen.fit(other_real)
+    assert str(finetuned / "model") in str(err.value) and "bird" in str(err.value)
+    same = create_generator("mvc", params, SCHEMA, workdir=tmp_path / "w2", seed=0, progress=False)
+    same.fit(real)
+    same.check_loadable()
+
+
+def test_progress_false_silences_captioning_and_training_bars(tiny_sd_dir, blip2_dir, real, tmp_path, capsys):
+    params = _params(tiny_sd_dir, mode="finetuned", captioner=str(blip2_dir), train_steps=1, batch_size=1)
+    for progress in (True, False):
+        gen = create_generator("mvc", params, SCHEMA, workdir=tmp_path / str(progress), seed=0, progress=progress)
+        gen.fit(real)
+        err = capsys.readouterr().err
+        assert ("caption (BLIP-2)" in err, "train mvc" in err) == (progress, progress)
+    assert gen.config.train_precision == "auto" and gen.train_precision in ("fp32", "bf16")
