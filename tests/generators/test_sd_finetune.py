@@ -171,3 +171,25 @@ def test_user_errors_are_clear(tiny_sd_dir, real, tmp_path):
     gen = create_generator("sd-finetune", config, SCHEMA, workdir=tmp_path)
     with pytest.raises(ValueError, match="fp16.*CUDA"):
         gen.fit(real)
+
+
+def test_progress_false_silences_the_fine_tuning_bar(tiny_sd_dir, real, tmp_path, capsys):
+    for progress in (True, False):
+        gen = create_generator("sd-finetune", _config(tiny_sd_dir, train_steps=1), SCHEMA,
+                               workdir=tmp_path / str(progress), progress=progress)
+        gen.fit(real)
+        assert ("fine-tune sd" in capsys.readouterr().err) == progress
+
+
+def test_an_interrupted_model_swap_keeps_the_new_model(tiny_sd_dir, real, tmp_path):
+    """A crash between renaming the old model aside and the new one in: the complete new model is taken."""
+    import shutil
+
+    gen = create_generator("sd-finetune", _config(tiny_sd_dir, train_steps=1), SCHEMA, workdir=tmp_path,
+                           progress=False)
+    gen.fit(real)
+    shutil.copytree(tmp_path / "model", tmp_path / "model.partial")
+    (tmp_path / "model").rename(tmp_path / "model.old")
+    again = create_generator("sd-finetune", _config(tiny_sd_dir, train_steps=1), SCHEMA, workdir=tmp_path)
+    assert again.is_fitted()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model")) == ["model"]
