@@ -4,6 +4,7 @@ resolve lazily (PEP 562), so ``import synthaug.train.config`` does not import to
 from synthaug.train.config import BATCH_MIXES, AUGMENTS, LOSSES, MIXING, ModelConfig, TrainConfig
 
 _LAZY = {"predict": "loop", "train_classifier": "loop", "create_loss": "losses", "make_batches": "mixing",
+         "batch_prior": "mixing",
          "create_classifier": "models", "load_classifier": "models", "parameter_counts": "models"}
 
 
@@ -15,5 +16,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'synthaug.train' has no attribute {name!r}")
 
 
-__all__ = ["AUGMENTS", "BATCH_MIXES", "LOSSES", "MIXING", "ModelConfig", "TrainConfig", "create_classifier",
-           "create_loss", "load_classifier", "make_batches", "parameter_counts", "predict", "train_classifier"]
+__all__ = ["AUGMENTS", "BATCH_MIXES", "LOSSES", "MIXING", "ModelConfig", "TrainConfig", "batch_prior",
+           "create_classifier", "create_loss", "load_classifier", "make_batches", "parameter_counts", "predict",
+           "train_classifier"]

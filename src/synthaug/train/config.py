@@ -134,6 +134,7 @@ class TrainConfig(BaseModel):
 
     def _applies(self, name: str) -> str | None:
         """None if field ``name`` takes effect under this config, else what it needs (for :meth:`inapplicable`)."""
+        two_phase = f"applies to mixing two-phase, but mixing is {self.mixing!r}"
         rules = {
             "synthetic_share": (self.mixing in SHARE_MIXINGS,
                                 f"applies to mixing balanced-batch or rsp, but mixing is {self.mixing!r}"),
@@ -145,9 +146,8 @@ class TrainConfig(BaseModel):
             "momentum": (self.optimizer == "sgd", f"applies to optimizer sgd, but optimizer is {self.optimizer!r}"),
             "betas": (self.optimizer in ("adam", "adamw"),
                       f"applies to optimizer adam or adamw, but optimizer is {self.optimizer!r}"),
-            "phase2_epochs": (self.mixing == "two-phase", f"applies to mixing two-phase, but mixing is {self.mixing!r}"),
-            "phase2_lr_scale": (self.mixing == "two-phase",
-                                f"applies to mixing two-phase, but mixing is {self.mixing!r}"),
+            "phase2_epochs": (self.mixing == "two-phase", two_phase),
+            "phase2_lr_scale": (self.mixing == "two-phase", two_phase),
             "model.trainable_stages": (self.model.freeze == "all-but-last",
                                        f"applies to model.freeze all-but-last, but freeze is {self.model.freeze!r}"),
         }
