@@ -6,7 +6,7 @@ from synthaug.config import ConfigError, build_config, load_config
 def test_defaults_have_the_study_arms():
     cfg = build_config({})
     assert [a.name for a in cfg.arms] == ["real-ce", "real-bsm", "oversample", "synth-combined",
-                                          "synth-balanced-batch", "pseudo-combined"]
+                                          "synth-balanced-batch", "synth-bsm", "pseudo-combined"]
     assert cfg.arm_train(cfg.arm("real-bsm")).loss == "balanced-softmax"
 
 

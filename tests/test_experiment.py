@@ -34,7 +34,8 @@ def test_run_writes_every_stage_and_the_table(config, tmp_path, capsys):
     assert main(["run", str(config)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "tiny"
-    for arm in ("real-ce", "real-bsm", "oversample", "synth-combined", "synth-balanced-batch", "pseudo-combined"):
+    for arm in ("real-ce", "real-bsm", "oversample", "synth-combined", "synth-balanced-batch", "synth-bsm",
+                "pseudo-combined"):
         assert f"| {arm} |" in out
         for seed in (0, 1):
             folder = run / "train" / arm / f"seed{seed}"
@@ -59,7 +60,7 @@ def test_run_writes_every_stage_and_the_table(config, tmp_path, capsys):
 
     # a changed config does not silently reuse a finished stage
     assert main(["train", str(config), "--arm", "real-ce", "--set", "train.epochs=2"]) == 2
-    assert "another configuration" in capsys.readouterr().err
+    assert "with other inputs (train changed)" in capsys.readouterr().err
 
 
 def test_stats_command_and_bad_config(config, tmp_path, capsys):

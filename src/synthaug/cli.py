@@ -92,20 +92,21 @@ def cmd_run(args) -> None:
 
 
 def cmd_model_summary(args) -> None:
+    """Parameter counts per arm. Works from the classes declared in the config (``data.classes`` or
+    ``data.classes_file``) without the dataset on disk and without pretrained weights."""
     from synthaug.experiment import Experiment
     from synthaug.train import create_classifier, parameter_counts
-    from synthaug.train.loop import image_size_of
 
     exp = Experiment(_load(args))
-    schema, train = exp.splits.schema, exp.splits.train
+    schema, channels, size = exp.model_inputs()
     for arm in _selected_arms(exp, args.arm):
         tcfg = exp.cfg.arm_train(arm)
-        model = create_classifier(tcfg.model, schema, train.channels)
+        model_cfg = tcfg.model.model_copy(update={"pretrained": False})  # counts need no weights
+        model = create_classifier(model_cfg, schema, channels)
         trainable, total = parameter_counts(model)
-        size = tcfg.image_size or image_size_of(train)
+        shape = f"{channels}×{size}×{size}" if (size := tcfg.image_size or size) else f"{channels} channels"
         print(f"{arm.name}: {tcfg.model.name} (freeze={tcfg.model.freeze}, head={tcfg.model.head_hidden}) on "
-              f"{train.channels}×{size}×{size}, outputs {schema.group_sizes}: "
-              f"{trainable:,} trainable / {total:,} total parameters")
+              f"{shape}, outputs {schema.group_sizes}: {trainable:,} trainable / {total:,} total parameters")
 
 
 def cmd_list(args) -> None:

@@ -10,12 +10,12 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from synthaug.data.sources import SOURCES
+from synthaug.data.sources import SOURCES, source_options
 from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
 from synthaug.train.config import TrainConfig
@@ -44,14 +44,18 @@ class DataConfig(_Strict):
     image_column: str = "image"
     label_columns: list[str] = Field(default_factory=lambda: ["label"])
     classes: dict[str, list[str]] | list[str] | None = None  # declared classes (else inferred, sorted)
+    classes_file: str | None = None  # deepfashion-attributes: a class-names file (else found under root)
     split_column: str = "split"
+    caption_column: str | None = None  # manifest: a column with one caption per image (e.g. for mvc)
     mode: Literal["L", "RGB"] = "RGB"  # user data: PIL mode images are converted to
     on_bad_image: Literal["error", "skip"] = "error"
     test_per_class: int | None = Field(None, ge=1)  # held-out test images per class (None: the source's default)
     val_per_class: int | None = Field(None, ge=0)
     split_seed: int = 0  # fixed split seed, independent of the experiment seed
     longtail: LongTailConfig | None = None  # subsample the training split to a long-tailed profile
-    shots: ShotConfig = Field(default_factory=ShotConfig)
+    shots: ShotConfig = Field(default_factory=ShotConfig)  # reporting only: changing it retrains nothing
+
+    _EVERY_SOURCE: ClassVar[frozenset[str]] = frozenset({"source", "longtail", "shots"})
 
     @model_validator(mode="after")
     def _needs(self):
@@ -59,21 +63,16 @@ class DataConfig(_Strict):
             raise SettingError(f"data.source {self.source!r} needs data.root")
         if self.source == "manifest" and not self.manifest:
             raise SettingError("data.source 'manifest' needs data.manifest")
+        reads = source_options(self.source)
+        ignored = sorted(self.model_fields_set - reads - self._EVERY_SOURCE)
+        if ignored:
+            raise SettingError(f"data.source {self.source!r} does not use data.{', data.'.join(ignored)} (it would "
+                               f"be ignored); remove it. This source reads: {', '.join(sorted(reads))}.")
         return self
 
     def loader_options(self) -> dict[str, Any]:
-        opts = {"split_seed": self.split_seed}
-        if self.test_per_class is not None:
-            opts["test_per_class"] = self.test_per_class
-        if self.val_per_class is not None:
-            opts["val_per_class"] = self.val_per_class
-        if self.source in ("imagefolder", "deepfashion-attributes"):
-            opts |= {"root": self.root, "classes": self.classes, "mode": self.mode, "on_bad_image": self.on_bad_image}
-        if self.source == "manifest":
-            opts |= {"manifest": self.manifest, "image_column": self.image_column, "classes": self.classes,
-                     "label_columns": self.label_columns, "split_column": self.split_column, "mode": self.mode,
-                     "on_bad_image": self.on_bad_image}
-        return opts
+        """The options the source's loader takes: every field it reads that has a value."""
+        return {k: getattr(self, k) for k in sorted(source_options(self.source)) if getattr(self, k) is not None}
 
 
 class GeneratorSection(_Strict):
@@ -115,7 +114,7 @@ class PseudoConfig(_Strict):
 
 
 class ArmConfig(_Strict):
-    name: str
+    name: str = Field(pattern=r"^[\w][\w.+-]*$")  # a folder name: letters, digits, . _ + -
     synthetic: Literal["none", "generated", "pseudo"] = "none"  # which synthetic set the arm may use
     train: dict[str, Any] = Field(default_factory=dict)  # overrides of the top-level train section
 
@@ -131,6 +130,8 @@ DEFAULT_ARMS = [
     {"name": "oversample", "train": {"loss": "ce", "mixing": "oversample"}},
     {"name": "synth-combined", "synthetic": "generated", "train": {"loss": "ce", "mixing": "combined"}},
     {"name": "synth-balanced-batch", "synthetic": "generated", "train": {"loss": "ce", "mixing": "balanced-batch"}},
+    # Balanced Softmax on real + synthetic, with the prior of the label mix the batches follow (prior: auto)
+    {"name": "synth-bsm", "synthetic": "generated", "train": {"loss": "balanced-softmax", "mixing": "combined"}},
     {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"loss": "ce", "mixing": "combined"}},
 ]
 
@@ -157,11 +158,24 @@ class ExperimentConfig(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise SettingError(f"arms: names must be unique, got {names}")
+        used_top: set[str] = set()
+        top_set = _fields_set(self.train)
         for i, arm in enumerate(self.arms):
             cfg = self.arm_train(arm, where=f"arms.{i}.train")
             if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_MIXINGS:
                 raise SettingError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
-                                 "synthetic: generated or pseudo")
+                                   "synthetic: generated or pseudo")
+            # a setting this arm would silently ignore is an error where the arm sets it; a top-level one
+            # only if no arm reads it
+            bad = cfg.inapplicable(set(_flat_keys(arm.train)))
+            if bad:
+                field, why = next(iter(bad.items()))
+                raise SettingError(f"arms.{i}.train.{field} ({arm.name}): {why}")
+            used_top |= top_set - set(cfg.inapplicable(top_set))
+        unused = sorted(top_set - used_top)
+        if unused:
+            why = self.arm_train(self.arms[0]).inapplicable({unused[0]}).get(unused[0], "")
+            raise SettingError(f"train.{unused[0]} is read by no arm (it would be ignored): {why}")
         if any(a.synthetic == "pseudo" for a in self.arms) and self.pseudo.classifier_arm not in names:
             raise SettingError(f"pseudo.classifier_arm {self.pseudo.classifier_arm!r} is not an arm; arms: {names}")
         if not self.seeds:
@@ -169,8 +183,9 @@ class ExperimentConfig(_Strict):
         return self
 
     def arm_train(self, arm: ArmConfig, where: str = "train") -> TrainConfig:
-        """The arm's training config: the top-level ``train`` section with the arm's overrides."""
-        merged = _deep_merge(self.train.model_dump(), arm.train)
+        """The arm's training config: the top-level ``train`` section with the arm's overrides (fields the
+        user set at either level stay marked as set)."""
+        merged = _deep_merge(self.train.model_dump(exclude_unset=True), arm.train)
         try:
             return TrainConfig(**merged)
         except ValidationError as e:
@@ -185,6 +200,18 @@ class ExperimentConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def _fields_set(model: BaseModel) -> set[str]:
+    """Dotted names of the fields the user set explicitly (``model``'s nested fields as ``model.name``)."""
+    return set(_flat_keys(model.model_dump(exclude_unset=True)))
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k == "model" else [f"{prefix}{k}"]
+    return keys
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -261,5 +288,8 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def dump_config(cfg: ExperimentConfig, *, resolved: bool = False) -> str:
+    """The config as YAML: as given (every field the user set, after overrides), which loads back to the same
+    config; or ``resolved``, every field with its value (for reading: it repeats defaults, including
+    settings that the chosen source, loss or mixing does not read)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=not resolved), sort_keys=False)

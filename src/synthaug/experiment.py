@@ -2,13 +2,27 @@
 report, each stage in ``runs/<name>/<stage>/`` with a ``done.json`` record.
 
 A finished stage is skipped on re-run; an interrupted one resumes (generator checkpoints, store resume,
-per-epoch classifier checkpoints). A finished stage whose inputs changed (config fingerprint) is an error
-rather than a silent reuse.
+per-epoch classifier checkpoints). Each stage's fingerprint covers exactly what it depends on, in named
+parts (see :meth:`Experiment._stage`):
+
+- ``data``: the data fields and the resolved data (image ids and labels), not reporting thresholds (``shots``);
+- ``generator``: the data and the generator's *training* fields (``GeneratorConfig.training_part``);
+- ``synthetic``: the trained model and the *sampling* fields; the plan is recorded beside it, so a plan that
+  grows reuses every image already made;
+- ``train/<arm>/seed<k>``: the data, the arm's training fields (not ``num_workers``), the seed, and the
+  synthetic set it trains on.
+
+Derived data (``data``, ``synthetic``, ``pseudo``, ``judge``) is redone when its inputs change, the old folder
+kept aside as ``<stage>.stale-<fingerprint>``; a trained generator or classifier whose inputs changed is an
+error naming what changed, never a silent reuse or a silent retrain. Performance knobs (workers, batch sizes
+of sampling, ``progress``) are in no fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from functools import cached_property
@@ -20,16 +34,22 @@ import numpy as np
 from synthaug.config import ArmConfig, ExperimentConfig, dump_config, fingerprint
 from synthaug.data import ClassStats, DataSplits, ShotThresholds, load_source, longtail_subsample
 from synthaug.evaluate.metrics import classification_metrics, save_metrics
-from synthaug.generators import Generator, create_generator, fill_store
+from synthaug.data.attributes import read_class_names
+from synthaug.data.schema import LabeledImages, LabelSchema
+from synthaug.generators import GENERATORS, Generator, create_generator, fill_store, generator_config
 from synthaug.plan import (
     PlanItem, balance_counts, fixed_counts, make_items, ratio_counts, rare_attribute_items, unconditional_items,
 )
 from synthaug.store import SyntheticStore
 from synthaug.train import TrainConfig, load_classifier, predict, train_classifier
+from synthaug.train.checkpoint import remove as remove_checkpoint
 from synthaug.utils import read_json, resolve_device, write_json
 from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+# performance-only training fields: they change neither the weights nor the metrics, so no fingerprint has them
+PERFORMANCE = {"num_workers"}
 
 
 class Experiment:
@@ -39,28 +59,68 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(dump_config(cfg))
+        self._config_written = False
 
     # ------------------------------------------------------------------------------------------ bookkeeping
-    @contextmanager
-    def _stage(self, rel: str, fp: str) -> Iterator[dict | None]:
-        """Yields None when ``rel`` is already done with fingerprint ``fp``; else a dict to fill with a summary."""
+    def _accept_config(self) -> None:
+        """Writes ``config.yaml`` once a stage of this run is accepted (a rejected re-run leaves it alone)."""
+        if not self._config_written:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(dump_config(self.cfg))
+            (self.dir / "config.resolved.yaml").write_text(dump_config(self.cfg, resolved=True))
+            self._config_written = True
+
+    @staticmethod
+    def _changed(previous: dict, part_fps: dict[str, str]) -> list[str]:
+        return [k for k, v in part_fps.items() if previous.get("parts", {}).get(k) != v] or ["its inputs"]
+
+    def _check(self, rel: str, parts: dict[str, Any], *, redo: bool = False) -> dict | None:
+        """The stage's previous record (done or started), or None; a :class:`StageMismatch` when it was made
+        with other inputs and may not be redone. Called before anything of a run is written."""
         folder = self.dir / rel
-        record = folder / "done.json"
-        if record.is_file():
-            done = read_json(record)
-            if done.get("fingerprint") == fp:
+        record, started = folder / "done.json", folder / "started.json"
+        previous = read_json(record) if record.is_file() else read_json(started) if started.is_file() else None
+        if previous is None or redo or previous.get("fingerprint") == fingerprint(parts):
+            return previous
+        changed = self._changed(previous, {k: fingerprint(v) for k, v in parts.items()})
+        state = "completed" if record.is_file() else "started"
+        raise StageMismatch(
+            f"Stage {rel} in {folder} was {state} with other inputs ({', '.join(changed)} changed). Delete "
+            f"{folder} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
+
+    @contextmanager
+    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False) -> Iterator[dict | None]:
+        """Yields None when ``rel`` is done with the same inputs; else a dict to fill with the stage's summary.
+
+        Args:
+            parts: the stage's inputs by name (each JSON-able or a fingerprint); their hash is the stage's
+                fingerprint, and the names let a mismatch say what changed.
+            redo: for derived data: when the inputs changed, move the old folder aside and redo the stage.
+                Otherwise a changed finished (or started) stage is a :class:`StageMismatch`.
+        """
+        folder = self.dir / rel
+        fp = fingerprint(parts)
+        part_fps = {k: fingerprint(v) for k, v in parts.items()}
+        record, started = folder / "done.json", folder / "started.json"
+        previous = self._check(rel, parts, redo=redo)
+        if previous is not None and previous.get("fingerprint") == fp:
+            if record.is_file():
                 yield None
                 return
-            raise StageMismatch(
-                f"Stage {rel} in {folder} was completed with another configuration. Delete {folder} to redo it "
-                f"(and the stages after it), or use a new experiment name (--set name=...).")
+        elif previous is not None:
+            changed = self._changed(previous, part_fps)
+            aside = folder.with_name(f"{folder.name}.stale-{previous['fingerprint'][:8]}")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
+            log.warning("Stage %s: %s changed; redoing it (the previous result is kept in %s).",
+                        rel, ", ".join(changed), aside)
+        self._accept_config()
         folder.mkdir(parents=True, exist_ok=True)
+        write_json(started, {"fingerprint": fp, "parts": part_fps})
         summary: dict[str, Any] = {}
         start = time.time()
         yield summary
-        write_json(record, {"fingerprint": fp, "seconds": round(time.time() - start, 1),
+        write_json(record, {"fingerprint": fp, "parts": part_fps, "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
 
     def _done(self, rel: str) -> dict:
@@ -69,7 +129,20 @@ class Experiment:
     # ------------------------------------------------------------------------------------------ data
     @cached_property
     def data_fp(self) -> str:
-        return fingerprint("data", self.cfg.data.model_dump(), self.cfg.seed)
+        """The data fields (not the reporting thresholds), the seed, and the resolved data itself: every
+        image id and label of every split, so a relabelled manifest is a changed dataset."""
+        return fingerprint(self._data_parts)
+
+    @cached_property
+    def _data_parts(self) -> dict[str, Any]:
+        content = hashlib.sha256()
+        for split in ("train", "val", "test"):
+            images = getattr(self.splits, split)
+            content.update(f"{split}:{len(images)}\n".encode())
+            for image_id, label in zip(images.ids, images.labels.tolist()):
+                content.update(f"{image_id}\t{label}\n".encode())
+        return {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed,
+                "content": content.hexdigest()}
 
     @cached_property
     def splits(self) -> DataSplits:
@@ -95,39 +168,76 @@ class Experiment:
     def stats(self) -> ClassStats:
         """Stage ``data``: class statistics of the training split, as text, JSON and a bar chart."""
         stats = ClassStats.from_labels(self.splits.schema, self.splits.train.labels, self.thresholds)
-        with self._stage("data", self.data_fp) as summary:
+        folder = self.dir / "data"
+        with self._stage("data", self._data_parts, redo=True) as summary:
             if summary is not None:
-                folder = self.dir / "data"
-                write_json(folder / "stats.json", stats.to_dict())
-                (folder / "stats.txt").write_text(stats.format() + "\n")
-                stats.bar_chart(folder / "class_counts.png")
                 write_json(folder / "splits.json", {k: getattr(self.splits, k).ids for k in ("train", "val", "test")})
                 summary.update(train=len(self.splits.train), val=len(self.splits.val), test=len(self.splits.test),
                                skipped=self.splits.train.skipped)
+        # statistics depend on the reporting thresholds too, which invalidate nothing: rewrite when they differ
+        if not (folder / "stats.json").is_file() or read_json(folder / "stats.json") != stats.to_dict():
+            write_json(folder / "stats.json", stats.to_dict())
+            (folder / "stats.txt").write_text(stats.format() + "\n")
+            stats.bar_chart(folder / "class_counts.png")
         return stats
+
+    def model_inputs(self) -> tuple[LabelSchema, int, int | None]:
+        """(label schema, image channels, image size or None) for building classifiers: from the classes the
+        config declares when it does (no data needed), else from the data."""
+        d = self.cfg.data
+        classes = d.classes
+        if classes is None and d.classes_file:
+            classes = read_class_names(d.classes_file)
+        if classes is None:
+            from synthaug.train.loop import image_size_of
+
+            train = self.splits.train
+            return train.schema, train.channels, image_size_of(train)
+        if isinstance(classes, list):
+            classes = {d.label_columns[0] if d.source == "manifest" else "label": classes}
+        return LabelSchema.from_dict(classes), 1 if d.mode == "L" else 3, None
 
     # ------------------------------------------------------------------------------------------ generator
     @cached_property
+    def generator_config(self):
+        g = self.cfg.generator
+        return generator_config(g.name, g.params)
+
+    @cached_property
+    def _generator_parts(self) -> dict[str, Any]:
+        return {"data": self.data_fp, "generator": [self.cfg.generator.name, self.generator_config.training_part()]}
+
+    @cached_property
     def generator_fp(self) -> str:
-        return fingerprint(self.data_fp, self.cfg.generator.model_dump())
+        return fingerprint(self._generator_parts)
 
     @cached_property
     def generator(self) -> Generator:
-        g = self.cfg.generator
-        return create_generator(g.name, g.params, self.splits.schema, device=self.device,
-                                workdir=self.dir / "generator", seed=self.cfg.seed)
+        return create_generator(self.cfg.generator.name, self.generator_config, self.splits.schema,
+                                device=self.device, workdir=self.dir / "generator", seed=self.cfg.seed,
+                                progress=self.cfg.progress)
 
     def fit_generator(self) -> Generator:
-        """Stage ``generator``: trains / fine-tunes the generator (resumes from its checkpoints)."""
+        """Stage ``generator``: trains / fine-tunes the generator (resumes from its checkpoints), then checks
+        that the model it will sample from loads; only then is the stage recorded done."""
+        self.plan_items()  # a plan that cannot work (an unknown class, ...) fails before any training
+        self._check("generator", self._generator_parts)  # before any stage of this run writes anything
         self.stats()
-        with self._stage("generator", self.generator_fp) as summary:
+        with self._stage("generator", self._generator_parts) as summary:
             if summary is not None:
                 self.generator.fit(self.splits.train)
+                self.generator.check_loadable()
                 summary["generator"] = self.cfg.generator.name
         return self.generator
 
     # ------------------------------------------------------------------------------------------ synthetic sets
     def plan_items(self) -> list[PlanItem]:
+        """The generation plan (computed once per run)."""
+        if not hasattr(self, "_plan_items"):
+            self._plan_items = self._make_plan_items()
+        return self._plan_items
+
+    def _make_plan_items(self) -> list[PlanItem]:
         """The generation plan: per-class counts for single-label data, or (``plan.strategy:
         rare-attributes``, required for several label groups) copies of training images with rare classes."""
         p, schema, train = self.cfg.plan, self.splits.schema, self.splits.train
@@ -154,41 +264,75 @@ class Experiment:
         group = schema.groups[0]
         return fixed_counts(len(group.classes), {group.index(str(k)): v for k, v in p.counts.items()})
 
+    @cached_property
+    def _synthetic_parts(self) -> dict[str, Any]:
+        return {"generator": self.generator_fp, "sampling": self.generator_config.sampling_part()}
+
+    @cached_property
+    def plan_fp(self) -> str:
+        return fingerprint([it.to_dict() for it in self.plan_items()])
+
+    @cached_property
+    def synthetic_set_fp(self) -> str:
+        """What an arm trained on the generated set depends on: the model, the sampling and the plan."""
+        return fingerprint(self._synthetic_parts, self.plan_fp)
+
     def synthetic(self) -> SyntheticStore:
-        """Stage ``synthetic``: generates the planned images into the store (resumes after a crash)."""
+        """Stage ``synthetic``: generates the planned images into the store (resumes after a crash).
+
+        Changed sampling settings regenerate the set (the model is kept; the old set is kept aside). A plan
+        that grew (or changed) reuses every image already made for an unchanged item.
+        """
         generator = self.fit_generator()
-        fp = fingerprint(self.generator_fp, self.cfg.plan.model_dump(exclude={"batch_size"}))
-        store = SyntheticStore(self.dir / "synthetic", self.splits.schema)
-        with self._stage("synthetic", fp) as summary:
+        folder = self.dir / "synthetic"
+        record = folder / "done.json"
+        if record.is_file() and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
+                and read_json(record).get("plan") != self.plan_fp:
+            log.info("The generation plan changed; generating the new items into %s.", folder)
+            record.unlink()
+        with self._stage("synthetic", self._synthetic_parts, redo=True) as summary:
+            store = SyntheticStore(folder, self.splits.schema)
             if summary is not None:
                 items = self.plan_items()
                 made = fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
                                   progress=self.cfg.progress)
-                summary.update(planned=len(items), generated_now=made)
-                self._sample_grid(store, self.dir / "synthetic" / "samples.png")
+                summary.update(planned=len(items), generated_now=made, plan=self.plan_fp)
+                self._sample_grid(store, folder / "samples.png")
         return store
+
+    def synthetic_images(self) -> LabeledImages:
+        """The generated images of the current plan (a store may hold more, from a larger earlier plan)."""
+        ids = [it.item_id for it in self.plan_items()]
+        return self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+
+    @cached_property
+    def pseudo_control(self) -> str | None:
+        """What the pseudo-labelled control is for this generator, or None when it has none."""
+        return GENERATORS.get(self.cfg.generator.name).pseudo_control
 
     def pseudo(self) -> SyntheticStore:
         """Stage ``pseudo``: the control set — unconditional samples labelled by a real-only classifier."""
-        planned = int(self.plan_counts().sum())
-        count = self.cfg.pseudo.count or planned
+        if self.pseudo_control is None:
+            raise SettingError(f"Generator {self.cfg.generator.name!r} has no pseudo-labelled control (it cannot "
+                               "draw class-agnostic images); remove the arms with synthetic: pseudo.")
+        count = self.cfg.pseudo.count or int(self.plan_counts().sum())
         arm = self.cfg.arm(self.cfg.pseudo.classifier_arm)
         classifier_dir = self.dir / self.train_arm(arm, self.cfg.seeds[0])["folder"] / "model"
         self.fit_generator()
-        fp = fingerprint(self.generator_fp, count, self._arm_fp(arm, self.cfg.seeds[0]))
-        store = SyntheticStore(self.dir / "pseudo", self.splits.schema)
-        with self._stage("pseudo", fp) as summary:
+        with self._stage("pseudo", self._pseudo_parts(), redo=True) as summary:
+            store = SyntheticStore(self.dir / "pseudo", self.splits.schema)
             if summary is not None:
                 g = self.cfg.generator
                 labeller = create_generator(
                     "pseudo-label", {"classifier": str(classifier_dir), "base": g.name, "base_params": g.params,
                                      "base_workdir": str(self.dir / "generator")},
-                    self.splits.schema, device=self.device, workdir=self.dir / "pseudo", seed=self.cfg.seed)
+                    self.splits.schema, device=self.device, workdir=self.dir / "pseudo", seed=self.cfg.seed,
+                    progress=self.cfg.progress)
                 items = unconditional_items(count, seed=self.cfg.seed)
                 made = fill_store(labeller, items, store, batch_size=self.cfg.plan.batch_size,
                                   progress=self.cfg.progress)
                 labels = np.asarray([r["label_ids"][0] for r in store.records()])
-                summary.update(planned=count, generated_now=made,
+                summary.update(planned=count, generated_now=made, control=self.pseudo_control,
                                label_counts=np.bincount(labels, minlength=len(self.splits.schema.groups[0].classes)).tolist())
         return store
 
@@ -209,31 +353,48 @@ class Experiment:
         image_grid(flat, len(rows), per_class).save(path)
 
     # ------------------------------------------------------------------------------------------ classifiers
+    def _arm_parts(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
+        synthetic = {"none": None, "generated": lambda: self.synthetic_set_fp,
+                     "pseudo": lambda: fingerprint(self._pseudo_parts())}[arm.synthetic]
+        return {"data": self.data_fp, "train": self.cfg.arm_train(arm).model_dump(mode="json", exclude=PERFORMANCE),
+                "seed": seed, "synthetic": [arm.synthetic, synthetic() if synthetic else None]}
+
+    def _pseudo_parts(self) -> dict[str, Any]:
+        """The control set's inputs: the model, the sampling, its size and the classifier that labels it."""
+        labeller = self.cfg.arm(self.cfg.pseudo.classifier_arm)
+        count = self.cfg.pseudo.count or int(self.plan_counts().sum())
+        return {**self._synthetic_parts, "count": count, "labeller": self._arm_fp(labeller, self.cfg.seeds[0])}
+
     def _arm_fp(self, arm: ArmConfig, seed: int) -> str:
-        return fingerprint(self.data_fp, arm.model_dump(), self.cfg.arm_train(arm).model_dump(), seed,
-                           self.generator_fp if arm.synthetic != "none" else None,
-                           self.cfg.plan.model_dump(exclude={"batch_size"}) if arm.synthetic != "none" else None,
-                           self.cfg.pseudo.model_dump() if arm.synthetic == "pseudo" else None)
+        return fingerprint(self._arm_parts(arm, seed))
 
     def train_arm(self, arm: ArmConfig, seed: int) -> dict:
-        """Stage ``train/<arm>/seed<k>``: trains one classifier and evaluates it on the test split."""
+        """Stage ``train/<arm>/seed<k>``: trains one classifier and evaluates it on the test split.
+
+        The epoch checkpoint is kept until the test metrics and ``done.json`` are written, so a crash at any
+        point resumes instead of retraining.
+        """
         rel = f"train/{arm.name}/seed{seed}"
+        self._check(rel, self._arm_parts(arm, seed))  # before any stage of this run writes anything
         synthetic = None
         if arm.synthetic == "generated":
-            synthetic = self.synthetic().load(mode=self.splits.train.mode)
+            synthetic = self.synthetic_images()
         elif arm.synthetic == "pseudo":
             synthetic = self.pseudo().load(mode=self.splits.train.mode)
         self.stats()
-        with self._stage(rel, self._arm_fp(arm, seed)) as summary:
+        folder = self.dir / rel
+        with self._stage(rel, self._arm_parts(arm, seed)) as summary:
             if summary is not None:
                 tcfg = self.cfg.arm_train(arm)
-                folder = self.dir / rel
                 write_json(folder / "train_config.json", tcfg.model_dump(mode="json"))
                 model = train_classifier(self.splits.train, synthetic, tcfg, folder, val=self.splits.val,
-                                         device=self.device, seed=seed, progress=self.cfg.progress)
+                                         device=self.device, seed=seed, progress=self.cfg.progress,
+                                         keep_checkpoint=True)
                 metrics = self._evaluate(model, folder)
                 summary.update(folder=rel, accuracy=metrics["accuracy"],
                                synthetic=0 if synthetic is None else len(synthetic))
+        remove_checkpoint(folder / "last")  # only now: a crash before done.json resumes instead of retraining
+        (self.dir / "train" / arm.name / "left_out.json").unlink(missing_ok=True)
         return self._done(rel)
 
     def _evaluate(self, model, folder: Path) -> dict:
@@ -259,16 +420,16 @@ class Experiment:
         recognises as their intended class (per class), i.e. whether the generator gets the labels right."""
         if not self.cfg.judge.enabled or not any(a.synthetic == "generated" for a in self.cfg.arms):
             return None
-        store = self.synthetic()
-        fp = fingerprint(self.generator_fp, self.cfg.plan.model_dump(exclude={"batch_size"}),
-                         self.cfg.judge.model_dump(), self.cfg.train.model_dump())
-        with self._stage("judge", fp) as summary:
+        self.synthetic()
+        parts = {"synthetic": self.synthetic_set_fp, "judge": self.cfg.judge.model_dump(),
+                 "train": self.cfg.train.model_dump(mode="json", exclude=PERFORMANCE)}
+        with self._stage("judge", parts, redo=True) as summary:
             if summary is not None:
                 cfg = TrainConfig(**{**self.cfg.train.model_dump(), "epochs": self.cfg.judge.epochs,
                                      "loss": "ce", "mixing": "real-only"})
                 model = train_classifier(self.balanced_pool, None, cfg, self.dir / "judge", device=self.device,
                                          seed=self.cfg.seed, progress=self.cfg.progress)
-                synth = store.load(mode=self.splits.train.mode)
+                synth = self.synthetic_images()
                 size = read_json(self.dir / "judge" / "model" / "classifier.json")["image_size"]
                 pred = predict(model, synth, size, device=self.device).argmax(1).numpy()
                 real_acc = (predict(model, self.splits.test, size, device=self.device).argmax(1).numpy()
@@ -290,8 +451,15 @@ class Experiment:
 
         self.stats()
         for arm in self.cfg.arms:
-            if only is None or only(arm):
-                for seed in self.cfg.seeds:
-                    self.train_arm(arm, seed)
-        judge = self.judge()
+            if only is not None and not only(arm):
+                continue
+            if arm.synthetic == "pseudo" and self.pseudo_control is None:
+                reason = (f"generator {self.cfg.generator.name!r} cannot draw class-agnostic images, so it has no "
+                          "pseudo-labelled control")
+                log.warning("Arm %s left out: %s.", arm.name, reason)
+                write_json(self.dir / "train" / arm.name / "left_out.json", {"arm": arm.name, "reason": reason})
+                continue
+            for seed in self.cfg.seeds:
+                self.train_arm(arm, seed)
+        self.judge()
         return build_report(self.dir)

@@ -13,7 +13,7 @@ import importlib
 from typing import Annotated, Callable, Generic, TypeVar
 
 from pydantic import AfterValidator
-from synthaug.errors import SettingError, UserError
+from synthaug.errors import UserError
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             current = self._entries.get(name)
             if current is not None and not (isinstance(current, str) and current == _path_of(obj)):
-                raise SettingError(f"{self.kind} {name!r} is already registered (as {current!r}).")
+                raise ValueError(f"{self.kind} {name!r} is already registered (as {current!r}).")
             self._entries[name] = obj
             return obj
 

@@ -11,9 +11,11 @@ the planned items.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,6 +31,19 @@ log = logging.getLogger(__name__)
 
 METADATA = "metadata.jsonl"
 IMAGES = "images"
+
+
+_SAFE_STEM = re.compile(r"[\w.+-]{1,120}")
+
+
+def file_stem(item_id: str) -> str:
+    """A file name stem for an item id: the id itself when it is a plain name (letters, digits, ``._+-``,
+    not starting with a dot), else a slug plus a short hash, so a class name with ``/``, ``..`` or spaces
+    never creates folders or escapes ``images/``."""
+    if _SAFE_STEM.fullmatch(item_id) and not item_id.startswith("."):
+        return item_id
+    slug = re.sub(r"[^\w.+-]+", "_", item_id).strip("._")[:80]
+    return f"{slug or 'item'}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
 
 
 class SyntheticStore:
@@ -141,7 +156,7 @@ class SyntheticStore:
         info = dict(info or {})
         label_ids = info.pop("label_ids", None)
         label_ids = list(item.labels) if label_ids is None and item.labels is not None else label_ids
-        file_name = f"{IMAGES}/{item.item_id}.png"
+        file_name = f"{IMAGES}/{file_stem(item.item_id)}.png"
         with atomic_write(self.root / file_name, "wb") as f:
             image.save(f, format="PNG")
         names = None if label_ids is None else self.schema.names(label_ids)

@@ -89,7 +89,7 @@ def _parse_attr_line(path: Path, lineno: int, line: str, names: Sequence[str], s
 @register_source("deepfashion-attributes")
 def load_attribute_lists(
     *, root: str | Path | None = None, classes: Mapping[str, Sequence[str]] | None = None,
-    classes_file: str | Path | None = None, mode: str = "RGB", on_bad_image: OnBad = "error", **_,
+    classes_file: str | Path | None = None, mode: str = "RGB", on_bad_image: OnBad = "error",
 ) -> DataSplits:
     """Loads the per-split list + attribute files described in the module docstring.
 

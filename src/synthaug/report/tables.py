@@ -45,9 +45,21 @@ def seed_results(run_dir: Path, arm: str, seeds) -> list[dict]:
     return [read_json(p) for p in paths if p.is_file()]
 
 
+def shot_means(metrics: dict, shot_groups: dict[str, list[str]]) -> dict[str, float | None]:
+    """Mean per-class accuracy of each shot group (first label group), under the *current* thresholds
+    (``data/stats.json``), so changing ``data.shots`` re-reports without retraining."""
+    per_class = next(iter(metrics["groups"].values()))["per_class"]
+    out = {}
+    for shot, members in shot_groups.items():
+        values = [per_class[c] for c in members if per_class.get(c) is not None]
+        out[shot] = float(np.mean(values)) if values else None
+    return out
+
+
 def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Per arm: the metric columns over the seeds that have finished."""
     cfg = run_config(run_dir)
+    shot_groups = read_json(Path(run_dir) / "data" / "stats.json")["groups"][0]["shot_groups"]
     rows = []
     for arm in cfg.arms:
         tcfg = cfg.arm_train(arm)
@@ -60,7 +72,7 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
             if col == "overall":
                 values = [m["accuracy"] for m in per_seed]
             else:  # shot groups of the first label group (mean per-class accuracy)
-                values = [next(iter(m["groups"].values()))["shots"][col] for m in per_seed]
+                values = [shot_means(m, shot_groups)[col] for m in per_seed]
             row[col], row[f"{col}_std"] = _mean_std(values)
         rows.append(row)
     return rows
@@ -93,6 +105,12 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
           f"many-shot {shots['many']}, medium {shots['medium']}, few {shots['few']}. "
           f"Test: {sizes['test']} images. Seeds: {cfg.seeds} (mean ± sample std).", "",
           markdown_table(rows)]
+    pseudo_record = run_dir / "pseudo" / "done.json"
+    if pseudo_record.is_file() and read_json(pseudo_record).get("control"):
+        md += ["", f"Control arms (synthetic: pseudo): {read_json(pseudo_record)['control']}."]
+    for left_out in sorted((run_dir / "train").glob("*/left_out.json")):
+        note = read_json(left_out)
+        md += ["", f"Arm {note['arm']} left out: {note['reason']}."]
     if judge and judge.get("synthetic_label_accuracy"):
         per_class = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in judge["synthetic_label_accuracy"].items())
         md += ["", f"Synthetic images recognised as their intended class by a classifier trained on the balanced "
