@@ -68,13 +68,30 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
             continue
         row = {"arm": arm.name, "loss": tcfg.loss, "mixing": tcfg.mixing, "synthetic": arm.synthetic,
                "seeds": len(per_seed)}
-        for col in COLUMNS:
-            if col == "overall":
-                values = [m["accuracy"] for m in per_seed]
-            else:  # shot groups of the first label group (mean per-class accuracy)
-                values = [shot_means(m, shot_groups)[col] for m in per_seed]
-            row[col], row[f"{col}_std"] = _mean_std(values)
-        rows.append(row)
+        rows.append(_metric_columns(row, per_seed, shot_groups))
+    return rows + tuned_rows(run_dir, shot_groups)
+
+
+def _metric_columns(row: dict[str, Any], per_seed: list[dict], shot_groups: dict[str, list[str]]) -> dict[str, Any]:
+    for col in COLUMNS:
+        if col == "overall":
+            values = [m["accuracy"] for m in per_seed]
+        else:  # shot groups of the first label group (mean per-class accuracy)
+            values = [shot_means(m, shot_groups)[col] for m in per_seed]
+        row[col], row[f"{col}_std"] = _mean_std(values)
+    return row
+
+
+def tuned_rows(run_dir: Path, shot_groups: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Rows of the arms that ``synthaug tune`` retrained with its best parameters (``train/<arm>/tuned.json``)."""
+    rows = []
+    for record in sorted(Path(run_dir).glob("train/*/tuned.json")):
+        tuned = read_json(record)
+        per_seed = seed_results(run_dir, tuned["arm"], tuned["seeds"])
+        if per_seed:
+            row = {"arm": tuned["arm"], "loss": tuned["loss"], "mixing": tuned["mixing"],
+                   "synthetic": tuned["synthetic"], "seeds": len(per_seed)}
+            rows.append(_metric_columns(row, per_seed, shot_groups))
     return rows
 
 

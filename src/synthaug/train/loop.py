@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_phase1
 def train_classifier(
     real: LabeledImages, synthetic: LabeledImages | None, cfg: TrainConfig, workdir: str | Path, *,
     val: LabeledImages | None = None, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True,
-    keep_checkpoint: bool = False,
+    keep_checkpoint: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> Classifier:
     """Trains a classifier and saves it to ``workdir/model``; resumes from ``workdir/last`` if present.
 
@@ -147,6 +148,8 @@ def train_classifier(
         curves.append(row)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_acc")})
         _checkpoint(workdir / "last", model, optimizer, schedule, scaler, epoch + 1, curves)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, dict(row))
     bar.close()
     save_classifier(model, cfg.model, real.schema, real.channels, image_size, workdir / "model")
     write_curves(workdir / "curves.csv", curves)

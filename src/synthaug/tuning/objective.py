@@ -1,0 +1,306 @@
+"""One Optuna trial = one training run of the tuned arm with the trial's parameters.
+
+:class:`TuneContext` holds what every trial of a worker shares: the experiment (its data splits), the tuned
+arm's training section, and the synthetic sets, each generated once through the runner's own stages and
+loaded once. :class:`TrialObjective` suggests the parameters, trains (reporting each epoch's validation
+metric for pruning) and returns the objective: the mean of the last k validation losses (the DeepFashion
+study's) or the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import logging
+import math
+import os
+import shutil
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import optuna
+import torch
+from pydantic import ValidationError
+
+from synthaug.config import ArmConfig, GeneratorSection, fingerprint
+from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
+from synthaug.experiment import Experiment
+from synthaug.generators import generator_config
+from synthaug.train import checkpoint
+from synthaug.train.config import REAL_ONLY, TrainConfig
+from synthaug.tuning.config import MAIN_SET, ParamSpec, TuneConfig
+from synthaug.utils import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialInputs:
+    """Everything one training run of a trial needs."""
+
+    real: LabeledImages
+    synthetic: LabeledImages | None
+    val: LabeledImages
+    train: TrainConfig
+    workdir: Path
+    device: torch.device
+    seed: int
+
+
+def train_trial(inputs: TrialInputs, on_epoch_end: Callable[[int, dict], None]) -> None:
+    """Trains one trial's classifier, calling ``on_epoch_end(epoch, row)`` with each epoch's curve row."""
+    from synthaug.train import train_classifier
+
+    train_classifier(inputs.real, inputs.synthetic, inputs.train, inputs.workdir, val=inputs.val,
+                     device=inputs.device, seed=inputs.seed, progress=False, on_epoch_end=on_epoch_end)
+
+
+def suggest(trial: optuna.Trial, path: str, spec: ParamSpec) -> Any:
+    """The trial's value of parameter ``path`` (Optuna's suggest_float / suggest_int / suggest_categorical)."""
+    if spec.type == "float":
+        return trial.suggest_float(path, spec.low, spec.high, log=spec.log, step=spec.step)
+    if spec.type == "int":
+        return trial.suggest_int(path, int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return trial.suggest_categorical(path, spec.choices)
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a train section as a dict) with the ``train.*`` entries of ``params`` put in place."""
+    out = copy.deepcopy(base)
+    for path, value in params.items():
+        parts = path.split(".")
+        if parts[0] != "train":
+            continue
+        if parts[1] == "betas":
+            betas = list(out.get("betas", TrainConfig.model_fields["betas"].default))
+            betas[int(parts[2])] = value
+            out["betas"] = betas
+        elif parts[1] == "model":
+            out.setdefault("model", {})[parts[2]] = value
+        else:
+            out[parts[1]] = value
+    return out
+
+
+def objective_value(rows: list[dict], tune: TuneConfig) -> float:
+    """The objective after the epochs in ``rows``: mean of the last k validation losses (fewer while fewer
+    epochs have run), or the best validation accuracy so far. At the last epoch it is the trial's result."""
+    if tune.objective == "mean-val-loss":
+        return float(np.mean([r["val_loss"] for r in rows[-tune.last_k:]]))
+    return float(max(r["val_acc"] for r in rows))
+
+
+def per_class_subset(images: LabeledImages, per_class: int, seed: int) -> LabeledImages:
+    """At most ``per_class`` images of each class (first label group), a fixed random choice per class; a
+    smaller count keeps a subset of a larger one's images."""
+    keep = []
+    for c in np.unique(images.labels[:, 0]):
+        idx = np.flatnonzero(images.labels[:, 0] == c)
+        keep.extend(np.random.default_rng(derive_seed(seed, "tune-per-class", int(c))).permutation(idx)[:per_class])
+    return images.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between the processes of this machine (e.g. workers preparing the same set)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class TuneContext:
+    """The tuned arm of an experiment, its data and synthetic sets, shared by all trials of a worker."""
+
+    def __init__(self, exp: Experiment, tune: TuneConfig):
+        self.exp, self.tune, cfg = exp, tune, exp.cfg
+        names = [a.name for a in cfg.arms]
+        if tune.arm is not None and tune.arm not in names:
+            raise SettingError(f"tune.arm {tune.arm!r} is not an arm of this config; arms: {names}")
+        self.arm: ArmConfig = cfg.arm(tune.arm) if tune.arm else cfg.arms[0]
+        self.tuned_name = tune.tuned_arm or f"tuned-{self.arm.name}"
+        if self.tuned_name in names:
+            raise SettingError(f"tune.tuned_arm {self.tuned_name!r} is already an arm of this config; set "
+                               "tune.tuned_arm to another folder name")
+        self.base = cfg.arm_train(self.arm).model_dump(exclude_unset=True)
+        self._check_synthetic_knobs()
+        self._sets: dict[str, LabeledImages] = {}
+        self._set_fps: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------------ checks
+    def _check_synthetic_knobs(self) -> None:
+        space, arm = self.tune.space, self.arm
+        mixings = set(space["train.mixing"].choices) if "train.mixing" in space else set()
+        needs = sorted(p for p in space if p.startswith("synthetic."))
+        needs += [f"train.mixing {sorted(mixings - REAL_ONLY)}"] if mixings - REAL_ONLY else []
+        if needs and arm.synthetic == "none":
+            raise SettingError(f"tune.space searches {', '.join(needs)}, but the tuned arm {arm.name!r} has "
+                               "synthetic: none; tune an arm with synthetic: generated (tune.arm)")
+        if "synthetic.set" in space and arm.synthetic != "generated":
+            raise SettingError(f"tune.space.synthetic.set chooses among generated sets, but arm {arm.name!r} has "
+                               f"synthetic: {arm.synthetic}; tune an arm with synthetic: generated")
+        if self.exp.splits.val is None or not len(self.exp.splits.val):
+            raise SettingError("tuning scores trials on the validation split, which is empty; set "
+                               "data.val_per_class (or give the data a val split)")
+
+    def set_names(self) -> list[str]:
+        """The synthetic sets trials may train on (none for a real-only arm)."""
+        if self.arm.synthetic == "none":
+            return []
+        return list(self.tune.space["synthetic.set"].choices) if "synthetic.set" in self.tune.space else [MAIN_SET]
+
+    # ------------------------------------------------------------------------------------------ synthetic sets
+    def _set_experiment(self, name: str) -> Experiment:
+        """The experiment that makes set ``name``: the main one, or a copy that draws from the same trained
+        generator (its ``generator`` folder links to the main one) with other sampling settings."""
+        cfg = self.exp.cfg
+        if name == MAIN_SET:
+            return self.exp
+        params = {**cfg.generator.params, **self.tune.synthetic_sets[name]}
+        ours, theirs = generator_config(cfg.generator.name, cfg.generator.params), generator_config(
+            cfg.generator.name, params)
+        changed = sorted(k for k, v in theirs.training_part().items() if ours.training_part().get(k) != v)
+        if changed:
+            raise SettingError(
+                f"tune.synthetic_sets.{name} changes generator training field(s) {changed}; a set may change only "
+                f"sampling fields ({', '.join(sorted(ours.sampling_fields)) or 'this generator has none'}), so that "
+                "every set draws from the one trained model")
+        child = cfg.model_copy(update={"name": name, "output_dir": str(self.exp.dir / "tune" / "sets"),
+                                       "generator": GeneratorSection(name=cfg.generator.name, params=params)})
+        exp = Experiment(child)
+        exp.dir.mkdir(parents=True, exist_ok=True)
+        link = exp.dir / "generator"
+        if not link.exists():
+            link.symlink_to((self.exp.dir / "generator").resolve(), target_is_directory=True)
+        return exp
+
+    def prepare_sets(self) -> None:
+        """Generates every set trials may use, once (stage records make it a no-op when done), and loads them.
+        Local workers take turns through a lock file, so a set is never generated twice at once."""
+        names = self.set_names()
+        if not names:
+            return
+        with file_lock(self.exp.dir / "tune" / "sets.lock"):
+            if self.arm.synthetic == "generated":
+                self.exp.fit_generator()
+            for name in names:
+                if self.arm.synthetic == "pseudo":
+                    self._sets[name] = self.exp.pseudo().load(mode=self.exp.splits.train.mode)
+                    self._set_fps[name] = fingerprint(self.exp._pseudo_parts())
+                    continue
+                exp = self._set_experiment(name)
+                self._sets[name] = exp.synthetic_images()
+                self._set_fps[name] = exp.synthetic_set_fp
+                log.info("Synthetic set %s: %d images (%s)", name, len(self._sets[name]), exp.dir / "synthetic")
+
+    def synthetic_for(self, params: dict[str, Any], train: TrainConfig) -> tuple[LabeledImages | None, Any]:
+        """(the synthetic images a trial with ``params`` trains on, or None; what identifies them)."""
+        if self.arm.synthetic == "none" or train.mixing in REAL_ONLY:
+            return None, None
+        if not self._sets:
+            self.prepare_sets()
+        name = params.get("synthetic.set", MAIN_SET)
+        images = self._sets[name]
+        per_class = params.get("synthetic.per_class")
+        if per_class is not None:
+            images = per_class_subset(images, int(per_class), self.exp.cfg.seed)
+        return images, [name, self._set_fps[name], per_class]
+
+    # ------------------------------------------------------------------------------------------ configs
+    def train_config(self, params: dict[str, Any], epochs: int) -> TrainConfig:
+        """The tuned arm's training config with ``params`` applied and ``epochs`` epochs.
+
+        Raises:
+            SettingError: the combination is not a valid training config (names the field).
+        """
+        merged = apply_params(self.base, params)
+        merged["epochs"] = epochs
+        try:
+            return TrainConfig(**merged)
+        except ValidationError as e:
+            raise SettingError("; ".join(f"train.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                         for err in e.errors())) from None
+
+
+class TrialObjective:
+    """The Optuna objective of one search step: ``names`` are searched, ``fixed`` (values carried from earlier
+    sequential steps) are held."""
+
+    def __init__(self, ctx: TuneContext, names: list[str], fixed: dict[str, Any], *, budget: int,
+                 trials_dir: Path):
+        self.ctx, self.names, self.fixed, self.budget, self.trials_dir = ctx, names, fixed, budget, trials_dir
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        over_budget(trial, self.budget)
+        tune = self.ctx.tune
+        # TPE draws each parameter when it is suggested: seeded by the trial's number, workers that claim
+        # trials at the same moment draw different points, and one worker's search is reproducible
+        trial.study.sampler = trial_sampler(tune, trial.study.study_name, trial.number)
+        params = {**self.fixed, **{p: suggest(trial, p, tune.space[p]) for p in self.names}}
+        trial.set_user_attr("fixed", self.fixed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            train = self.ctx.train_config(params, tune.epochs)
+        except SettingError as e:  # a combination that cannot train (e.g. a batch too small to mix): worst
+            trial.set_user_attr("invalid", str(e))
+            raise optuna.TrialPruned(f"invalid combination: {e}") from None
+        synthetic, _ = self.ctx.synthetic_for(params, train)
+        rows: list[dict] = []
+
+        def report(epoch: int, row: dict) -> None:
+            rows.append(row)
+            value = objective_value(rows, tune)
+            if not math.isfinite(value):
+                trial.set_user_attr("diverged_epoch", epoch + 1)
+                raise optuna.TrialPruned(f"validation metric {value} at epoch {epoch + 1}: diverged")
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({tune.objective} {value:.4g})")
+
+        workdir = self.trials_dir / f"trial{trial.number}"
+        shutil.rmtree(workdir, ignore_errors=True)  # never resume another study's trial of the same number
+        exp = self.ctx.exp
+        try:
+            train_trial(TrialInputs(exp.splits.train, synthetic, exp.splits.val, train, workdir, exp.device,
+                                    exp.cfg.seeds[0]), report)
+        finally:
+            _drop_weights(workdir)
+        if len(rows) < tune.epochs:
+            raise RuntimeError(f"trial {trial.number} reported {len(rows)} of {tune.epochs} epochs")
+        return objective_value(rows, tune)
+
+
+def trial_sampler(tune: TuneConfig, study_name: str, number: int) -> optuna.samplers.TPESampler:
+    """The TPE sampler for trial ``number`` of ``study_name``, seeded from (tune.seed, study, number)."""
+    return optuna.samplers.TPESampler(seed=derive_seed(tune.seed, study_name, number) % 2**32,
+                                      n_startup_trials=tune.startup_trials)
+
+
+class OverBudget(Exception):
+    """A trial claimed after the study's budget was taken by other workers (never trained; marked FAIL)."""
+
+
+def over_budget(trial: optuna.Trial, budget: int) -> None:
+    """Raises :class:`OverBudget` when ``budget`` trials before this one are finished, running or waiting: two
+    workers that claim the last slot at once both see the other, and only the earlier trial number runs."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    before = [t for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    if len(before) >= budget:
+        trial.set_user_attr("over_budget", True)
+        raise OverBudget(f"trial {trial.number}: the budget of {budget} trials is taken; not run")
+
+
+def _drop_weights(workdir: Path) -> None:
+    """Removes a trial's checkpoint and model (kept: curves.csv / curves.png)."""
+    checkpoint.remove(workdir / "last")
+    shutil.rmtree(workdir / "model", ignore_errors=True)
