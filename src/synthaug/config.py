@@ -19,6 +19,7 @@ from synthaug.data.sources import SOURCES, source_options
 from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
 from synthaug.train.config import TrainConfig
+from synthaug.evaluate.config import EvaluationConfig
 from synthaug.tuning.config import TuneConfig
 from synthaug.errors import ConfigError, SettingError  # noqa: F401  (ConfigError re-exported)
 
@@ -153,6 +154,7 @@ class ExperimentConfig(_Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     arms: list[ArmConfig] = Field(default_factory=lambda: [ArmConfig(**a) for a in DEFAULT_ARMS])
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)  # studies and fidelity (synthaug.evaluate)
     tune: TuneConfig | None = None  # Optuna search around one arm (`synthaug tune`); None: no tuning
 
     @model_validator(mode="after")
