@@ -6,6 +6,7 @@ from typing import ClassVar
 import numpy as np
 import optuna
 import pytest
+import torch
 from PIL import Image
 from optuna.trial import TrialState
 
@@ -18,6 +19,15 @@ from synthaug.report.tables import collect_rows
 from synthaug.tuning.objective import TuneContext, per_class_subset
 from synthaug.tuning.run import storage_url, tune_experiment
 from synthaug.utils import read_json
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Trials run with one torch thread, as each tuning worker on a shared 2-core machine should."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(tmp_path, tune: dict, **top) -> dict:
@@ -85,19 +95,18 @@ def test_synthetic_knobs_need_a_synthetic_arm(tmp_path):
 
 # ------------------------------------------------------------------------------------------ pruning + retrain
 def test_bad_configuration_is_pruned_and_retrain_uses_the_best_params(tmp_path):
-    raw = tiny(tmp_path, {"space": {"train.lr": {"low": 1e-7, "high": 1e-1, "log": True}}, "n_trials": 4,
-                          "epochs": 3, "last_k": 1, "pruner": "median", "pruner_startup_trials": 2,
+    raw = tiny(tmp_path, {"space": {"train.lr": {"low": 1e-7, "high": 1e-1, "log": True}}, "n_trials": 3,
+                          "epochs": 2, "last_k": 1, "pruner": "median", "pruner_startup_trials": 2,
                           "pruner_warmup_epochs": 1, "retrain_epochs": 1})
     cfg = build_config(raw)
     url = storage_url(cfg.tune, cfg.run_dir)
     study = optuna.create_study(storage=url, study_name="s")
-    for lr in (3e-3, 5e-3, 1e-7, 4e-3):  # the third learns nothing in 3 epochs: worse than the median
+    for lr in (3e-3, 5e-3, 1e-7):  # the third learns nothing in 2 epochs: worse than the median
         study.enqueue_trial({"train.lr": lr})
     exp, result = run(raw, retrain=True)
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,
-                                         TrialState.COMPLETE]
-    assert trials[2].params["train.lr"] == 1e-7 and max(trials[2].intermediate_values) == 1  # epoch 2 of 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[2].params["train.lr"] == 1e-7 and max(trials[2].intermediate_values) == 1  # at epoch 2
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert result.best_params == best.params and result.best_trial == best.number
 
@@ -199,6 +208,7 @@ def test_synthetic_sets_are_generated_once_and_subsampled_per_class(tmp_path, mo
                                     "train.mixing": {"type": "categorical", "choices": ["rsp", "real-only"]},
                                     "train.synthetic_share": {"low": 0.1, "high": 0.5}}},
                generator={"name": "test-shade", "params": {"shade": 50}}, judge={"enabled": False},
+               plan={"strategy": "fixed", "counts": {str(d): 5 for d in range(10)}},
                arms=[{"name": "synth", "synthetic": "generated", "train": {"mixing": "rsp"}}])
     ShadeGenerator.calls = 0
     exp, _ = run(raw)
@@ -221,3 +231,36 @@ def test_per_class_subset_is_nested():
     small, large = per_class_subset(images, 3, 0), per_class_subset(images, 7, 0)
     assert small.class_counts().tolist() == [3] * 10 and large.class_counts().max() == 7
     assert set(small.ids) <= set(large.ids)
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_tune_command_with_the_default_sqlite_storage(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from synthaug.cli import main
+
+    monkeypatch.setattr(objective_module, "train_trial", fake_train([]))
+    raw = tiny(tmp_path, {"space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                                    "train.weight_decay": {"low": 1e-5, "high": 1e-1, "log": True}},
+                          "n_trials": 4, "epochs": 2, "last_k": 1, "retrain_epochs": 1, "plots": True})
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["tune", str(config), "--threads", "1", "--n-trials", "3"]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "t"
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'tune' / 'study.db'}")
+    assert len(study.trials) == 3 and "3/3 finished" in out
+    assert f"Best mean-val-loss: {study.best_value:.4f}" in out and f"train.lr: {study.best_params['train.lr']}" in out
+    accuracy = read_json(run_dir / "train" / "tuned-real-ce" / "seed0" / "metrics.json")["accuracy"]
+    assert f"test accuracy {100 * accuracy:.2f}%" in out
+    for kind in ("history", "importances", "parallel"):
+        assert (run_dir / "tune" / f"t_{kind}.png").stat().st_size > 1000
+
+
+def test_help_imports_neither_torch_nor_optuna():
+    import subprocess
+    import sys
+
+    code = ("import sys; from synthaug.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
