@@ -462,4 +462,10 @@ class Experiment:
             for seed in self.cfg.seeds:
                 self.train_arm(arm, seed)
         self.judge()
-        return build_report(self.dir)
+        from synthaug.evaluate.stages import run_evaluation
+        from synthaug.report.html import write_html_report
+
+        run_evaluation(self)  # the studies of `evaluation:` (fidelity, memorisation, CAS, oracle, replacement, ...)
+        report = build_report(self.dir)
+        write_html_report(self.dir)  # report/report.html, self-contained, from the run folder's files
+        return report
