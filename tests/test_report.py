@@ -30,7 +30,7 @@ TINY = {
              {"name": "synth-combined", "synthetic": "generated", "train": {"mixing": "combined"}},
              {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"mixing": "combined"}}],
     "evaluation": {"fidelity": {"kid_subsets": 5}, "replacement": {"percents": [10, 25]},
-                   "targeted": {"count": 20}},
+                   "targeted": {"enabled": True, "count": 20}},
 }
 SECTIONS = ["config", "data", "arms", "accuracy", "curves", "fidelity", "samples", "cas", "replacement", "targeted",
             "judge"]

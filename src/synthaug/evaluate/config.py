@@ -58,9 +58,10 @@ class ReplacementConfig(_Strict):
 
 class TargetedConfig(_Strict):
     """Add ``count`` synthetic images to each chosen class vs real-only, with a pseudo-labelled control of the
-    same total count (where the generator can draw class-agnostic images)."""
+    same total count (where the generator can draw class-agnostic images). Off by default: it generates
+    ``count`` images per targeted class plus as many pseudo-labelled ones (turn it on per experiment)."""
 
-    enabled: bool = True
+    enabled: bool = False
     count: int = Field(500, ge=1)  # synthetic images per targeted class
     classes: list[str] | None = None  # None: the two rarest classes of the training split
     rarest: int = Field(2, ge=1)  # how many rarest classes when `classes` is None
