@@ -30,10 +30,11 @@ TINY = {
              {"name": "synth-combined", "synthetic": "generated", "train": {"mixing": "combined"}},
              {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"mixing": "combined"}}],
     "evaluation": {"fidelity": {"kid_subsets": 5}, "replacement": {"percents": [10, 25]},
-                   "targeted": {"enabled": True, "count": 20}},
+                   "targeted": {"enabled": True, "count": 20},
+                   "few_shot": {"shots": [1, 4], "trials": 2, "epochs": 10}},
 }
 SECTIONS = ["config", "data", "arms", "accuracy", "curves", "fidelity", "samples", "cas", "replacement", "targeted",
-            "judge"]
+            "few_shot", "judge"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,9 @@ def test_run_writes_every_study_and_a_self_contained_report(finished_run):
     # no network requests: nothing is fetched from anywhere (no http(s) URL in a src/href/url(), no script)
     assert not re.search(r'(src|href)\s*=\s*"(?!data:|#)', text) and "url(" not in text and "<script" not in text
     assert "classifier:train/real-ce/seed0/model" in text and "oracle (balanced real pool)" in text
-    for table in ("arms.csv", "arms.md", "fidelity_classifier.csv", "memorisation_classifier.csv", "cas.csv",
+    few = json.loads((ev / "few_shot" / "few_shot.json").read_text())
+    assert [(r["shots"], r["synthetic"]) for r in few["rows"]] == [(1, False), (1, True), (4, False), (4, True)]
+    for table in ("few_shot.csv", "arms.csv", "arms.md", "fidelity_classifier.csv", "memorisation_classifier.csv", "cas.csv",
                   "replacement.csv", "targeted.csv", "replacement_curve.png", "class_counts_stacked.png"):
         assert (report / table).is_file(), table
     arms = (report / "arms.csv").read_text()

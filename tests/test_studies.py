@@ -69,3 +69,30 @@ def test_cas_above_chance_for_real_images_and_at_chance_for_shuffled_labels(digi
     assert shuffled_cas["accuracy"] < 0.25, shuffled_cas["accuracy"]
     assert real_as_synthetic["trained_classes"] == [str(c) for c in range(10)]
     assert (tmp_path / "real" / "metrics.json").is_file() and (tmp_path / "real" / "per_class.csv").is_file()
+
+
+def test_few_shot_probe_learns_more_from_more_shots_and_from_good_synthetic_rows():
+    import torch
+
+    from synthaug.evaluate.studies import few_shot
+
+    g = torch.Generator().manual_seed(0)
+    centres = 2.0 * torch.randn(5, 16, generator=g)
+
+    def sample(n_per_class):
+        y = np.repeat(np.arange(5), n_per_class)
+        return centres[y] + 1.5 * torch.randn(len(y), 16, generator=g), y
+
+    train_x, train_y = sample(40)
+    val_x, val_y = sample(40)
+    synth_x, synth_y = sample(40)  # "synthetic" rows from the true class distributions
+    options = {"trials": 3, "epochs": 40, "lr": 0.05, "seed": 0}
+    rows = few_shot(train_x, train_y, val_x, val_y, 5, shots=[1, 16], synth_x=synth_x, synth_y=synth_y, **options)
+    by = {(r["shots"], r["synthetic"]): r for r in rows}
+    assert by[(1, False)]["mean"] > 0.3 and by[(1, False)]["real"] == 5 and by[(16, False)]["real"] == 80
+    assert by[(16, False)]["mean"] > by[(1, False)]["mean"]
+    assert by[(1, True)]["mean"] > by[(1, False)]["mean"] and by[(1, True)]["synthetic_rows"] == 50
+    # synthetic rows with shuffled labels do not help
+    wrong = few_shot(train_x, train_y, val_x, val_y, 5, shots=[1], synth_x=synth_x,
+                     synth_y=np.random.default_rng(0).permutation(synth_y), **options)
+    assert wrong[1]["mean"] < by[(1, True)]["mean"]

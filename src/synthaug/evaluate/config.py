@@ -67,6 +67,20 @@ class TargetedConfig(_Strict):
     rarest: int = Field(2, ge=1)  # how many rarest classes when `classes` is None
 
 
+class FewShotConfig(_Strict):
+    """The few-shot protocol of the augmentation-conditioning study (after DA-Fusion, Trabucco et al. 2023): k
+    real images per class, a frozen pretrained backbone (the fidelity extractor) with only a linear last layer
+    trained, the best validation accuracy across epochs, mean ± std over trials, with and without synthetic
+    images (``synthetic_per_real`` per real image, from the synthetic set of the class)."""
+
+    enabled: bool = True
+    shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    trials: int = Field(3, ge=1)
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(0.01, gt=0)
+    synthetic_per_real: int = Field(10, ge=1)
+
+
 class EvaluationConfig(_Strict):
     enabled: bool = True  # False: `synthaug run` runs no study (the report then shows none)
     baseline_arm: str | None = None  # a real-only arm (synthetic: none); None: real-ce if present, else the first
@@ -75,5 +89,6 @@ class EvaluationConfig(_Strict):
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     replacement: ReplacementConfig = Field(default_factory=ReplacementConfig)
     targeted: TargetedConfig = Field(default_factory=TargetedConfig)
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     seeds: list[int] | None = None  # classifier seeds of the studies (None: the experiment's `seeds`)
     report_top_k: int = Field(10, ge=1)  # beyond 50 classes, per-class pictures show the top and bottom k

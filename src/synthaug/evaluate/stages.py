@@ -147,9 +147,6 @@ def fidelity_stage(exp: Experiment) -> dict:
     """``evaluation/fidelity/<extractor>``: FID, KID, precision/recall of the synthetic set against the real
     test images (overall and per class), the same for real training vs test images as a reference (what
     real images of these counts score), and the memorisation check against the real training images."""
-    import torch
-
-    from synthaug.evaluate.features import create_extractor
     from synthaug.evaluate.fidelity import fidelity, write_fidelity_csv
     from synthaug.evaluate.memorisation import closest_pairs_image, memorisation, write_memorisation_csv
     from synthaug.imaging import load_tensor
@@ -157,20 +154,13 @@ def fidelity_stage(exp: Experiment) -> dict:
 
     _needs_generated(exp)
     fc = exp.cfg.evaluation.fidelity
-    source, source_fp = fc.extractor_source, fc.extractor_source
-    if fc.extractor == "classifier" and source is None:
-        arm, seed = baseline_arm(exp), study_seeds(exp)[0]
-        source = str(exp.dir / exp.train_arm(arm, seed)["folder"] / "model")
-        source_fp = exp._arm_fp(arm, seed)
+    extractor, source_fp = _extractor(exp)
     rel = f"evaluation/fidelity/{fc.extractor}"
     folder = exp.dir / rel
     parts = {"data": exp.data_fp, "synthetic": exp.synthetic_set_fp, "extractor": [fc.extractor, source_fp],
              "settings": fc.model_dump(mode="json", exclude={"pairs"}), "seed": exp.cfg.seed}
     with exp._stage(rel, parts, redo=True) as summary:
         if summary is not None:
-            extractor = create_extractor(fc.extractor, source, device=exp.device)
-            if fc.extractor == "classifier" and fc.extractor_source is None:
-                extractor.source = str((exp.dir / exp.train_arm(arm, seed)["folder"] / "model").relative_to(exp.dir))
             train, test, synth = exp.splits.train, exp.splits.test, exp.synthetic_images()
             classes = list(train.schema.groups[0].classes)
             f_train, f_test, f_synth = extractor(train), extractor(test), extractor(synth)
@@ -193,8 +183,6 @@ def fidelity_stage(exp: Experiment) -> dict:
             write_json(folder / "memorisation.json", mem)
             write_memorisation_csv(mem, folder / "memorisation.csv")
             closest_pairs_image(mem, synth.image, train.image, max_pairs=fc.pairs).save(folder / "closest_pairs.png")
-            del pix_train, pix_synth
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
             summary.update(extractor=extractor.label, fid=result["overall"]["fid"],
                            kid=result["overall"]["kid_mean"], near_copy_share=mem["overall"]["near_copy_share"])
     return read_json(folder / "done.json")
@@ -339,9 +327,63 @@ def targeted_stage(exp: Experiment) -> dict:
     return result
 
 
+def _extractor(exp: Experiment):
+    """The fidelity extractor and the fingerprint of its source (the baseline arm's classifier by default)."""
+    from synthaug.evaluate.features import create_extractor
+
+    fc = exp.cfg.evaluation.fidelity
+    if fc.extractor == "classifier" and fc.extractor_source is None:
+        arm, seed = baseline_arm(exp), study_seeds(exp)[0]
+        folder = exp.dir / exp.train_arm(arm, seed)["folder"] / "model"
+        extractor = create_extractor("classifier", folder, device=exp.device)
+        extractor.source = str(folder.relative_to(exp.dir))
+        return extractor, exp._arm_fp(arm, seed)
+    return create_extractor(fc.extractor, fc.extractor_source, device=exp.device), fc.extractor_source
+
+
+def few_shot_stage(exp: Experiment) -> dict:
+    """``evaluation/few_shot``: k real training images per class, a frozen backbone (the fidelity extractor) with
+    a linear last layer, the best validation accuracy across epochs, mean ± std over trials, with and without
+    synthetic images of the class."""
+    import csv
+
+    from synthaug.evaluate.studies import few_shot
+
+    _needs_single_label(exp, "few-shot")
+    fs = exp.cfg.evaluation.few_shot
+    if not len(exp.splits.val):
+        raise StudySkipped("the few-shot protocol reports validation accuracy, but the validation split is empty "
+                           "(data.val_per_class)")
+    has_synthetic = any(a.synthetic == "generated" for a in exp.cfg.arms)
+    extractor, source_fp = _extractor(exp)
+    parts = {"data": exp.data_fp, "synthetic": exp.synthetic_set_fp if has_synthetic else None,
+             "extractor": [extractor.name, source_fp], "settings": fs.model_dump(mode="json"), "seed": exp.cfg.seed}
+    folder = exp.dir / "evaluation" / "few_shot"
+    with exp._stage("evaluation/few_shot", parts, redo=True) as summary:
+        if summary is not None:
+            train, val = exp.splits.train, exp.splits.val
+            synth = exp.synthetic_images() if has_synthetic else None
+            rows = few_shot(extractor(train), train.labels[:, 0], extractor(val), val.labels[:, 0],
+                            len(train.schema.groups[0].classes), shots=fs.shots, trials=fs.trials, epochs=fs.epochs,
+                            lr=fs.lr, seed=exp.cfg.seed, synth_x=None if synth is None else extractor(synth),
+                            synth_y=None if synth is None else synth.labels[:, 0],
+                            synthetic_per_real=fs.synthetic_per_real)
+            write_json(folder / "few_shot.json", {"extractor": extractor.label, "rows": rows,
+                                                  "note": "best validation accuracy across epochs of a linear probe "
+                                                          "on frozen features; real validation split"})
+            with open(folder / "few_shot.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["extractor", "shots", "synthetic", "mean", "std", "trials", "real", "synthetic_rows"])
+                for r in rows:
+                    writer.writerow([extractor.label, r["shots"], r["synthetic"], f"{r['mean']:.4f}", f"{r['std']:.4f}",
+                                     len(r["trials"]), r["real"], r["synthetic_rows"]])
+            summary.update(extractor=extractor.label)
+    return read_json(folder / "few_shot.json")
+
+
 STUDIES: dict[str, Callable[[Experiment], object]] = {
     "samples": samples_stage, "fidelity": fidelity_stage, "cas": cas_stage, "oracle": oracle_stage,
-    "replacement": replacement_stage, "targeted": targeted_stage,
+    "replacement": replacement_stage, "targeted": targeted_stage, "few_shot": few_shot_stage,
 }
 
 

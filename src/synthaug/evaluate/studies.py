@@ -110,3 +110,69 @@ def classification_accuracy_score(synthetic: LabeledImages, cfg: TrainConfig, fo
     metrics["trained_classes"] = [classes[c] for c in np.unique(synthetic.labels[:, 0])]
     save_metrics(metrics, folder)
     return metrics
+
+
+def linear_probe(x: torch.Tensor, y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, num_classes: int, *,
+                 epochs: int, lr: float, seed: int) -> float:
+    """Best validation accuracy across epochs of a linear layer on frozen features (full-batch Adam; features
+    standardised with the training rows' mean and std)."""
+    mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False).clamp_min(1e-6)
+    x, val_x = (x - mean) / std, (val_x - mean) / std
+    target, val_target = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(val_y, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    best = 0.0
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(x), target).backward()
+        optimizer.step()
+        with torch.no_grad():
+            best = max(best, float((head(val_x).argmax(1) == val_target).float().mean()))
+    return best
+
+
+def few_shot(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, num_classes: int, *,
+             shots: Sequence[int], trials: int, epochs: int, lr: float, seed: int,
+             synth_x: torch.Tensor | None = None, synth_y: np.ndarray | None = None,
+             synthetic_per_real: int = 10) -> list[dict]:
+    """The few-shot protocol (after DA-Fusion): per k in ``shots`` and trial, k real training rows per class (all
+    of a class with fewer), a linear probe's best validation accuracy; with synthetic rows too when given
+    (``synthetic_per_real`` per chosen real row of the class, as many as the class has). The two conditions of
+    a trial share its real rows.
+
+    Returns:
+        Rows ``{"shots", "synthetic", "mean", "std", "trials": [accuracy per trial], "real", "synthetic_rows"}``.
+    """
+    train_y, val_y = np.asarray(train_y), np.asarray(val_y)
+    conditions = [False] + ([True] if synth_x is not None and len(synth_x) else [])
+    rows = []
+    for k in shots:
+        results = {c: [] for c in conditions}
+        n_real, n_synth = 0, 0
+        for t in range(trials):
+            rng = np.random.default_rng(derive_seed(seed, "few-shot", k, t))
+            chosen = np.concatenate([rng.choice(idx, min(k, len(idx)), replace=False)
+                                     for c in range(num_classes) if len(idx := np.flatnonzero(train_y == c))])
+            for with_synthetic in conditions:
+                x, y = train_x[chosen], train_y[chosen]
+                if with_synthetic:
+                    extra = []
+                    for c in np.unique(y):
+                        pool = np.flatnonzero(np.asarray(synth_y) == c)
+                        want = min(len(pool), synthetic_per_real * int((y == c).sum()))
+                        extra.append(rng.choice(pool, want, replace=False) if want else np.zeros(0, dtype=np.int64))
+                    extra = np.concatenate(extra).astype(np.int64)
+                    x, y = torch.cat([x, synth_x[extra]]), np.concatenate([y, np.asarray(synth_y)[extra]])
+                    n_synth = len(extra)
+                n_real = len(chosen)
+                results[with_synthetic].append(linear_probe(x, y, val_x, val_y, num_classes, epochs=epochs, lr=lr,
+                                                            seed=derive_seed(seed, "probe", k, t)))
+        for with_synthetic, accs in results.items():
+            rows.append({"shots": k, "synthetic": with_synthetic, "mean": float(np.mean(accs)),
+                         "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, "trials": accs,
+                         "real": n_real, "synthetic_rows": n_synth if with_synthetic else 0})
+    return rows

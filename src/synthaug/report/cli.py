@@ -8,7 +8,7 @@ from pathlib import Path
 
 from synthaug.errors import MissingFileError
 
-STUDY_NAMES = ["samples", "fidelity", "cas", "oracle", "replacement", "targeted"]
+STUDY_NAMES = ["samples", "fidelity", "cas", "oracle", "replacement", "targeted", "few_shot"]
 
 
 def _experiment(args):

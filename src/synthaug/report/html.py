@@ -284,6 +284,27 @@ def _targeted_section(page: _Page, classes, counts, shot_of) -> None:
     page.section("targeted", "Targeted classes", body)
 
 
+def _few_shot_section(page: _Page) -> None:
+    path = page.run_dir / "evaluation" / "few_shot" / "few_shot.json"
+    if not path.is_file():
+        return
+    fs = read_json(path)
+    ext = fs["extractor"]
+    by = {(r["shots"], r["synthetic"]): r for r in fs["rows"]}
+    shots = sorted({r["shots"] for r in fs["rows"]})
+    header = ["shots per class", f"real only [{ext}]", f"real + synthetic [{ext}]", "synthetic rows", "trials"]
+    rows = []
+    for k in shots:
+        real, synth = by[(k, False)], by.get((k, True))
+        rows.append([k, fmt_pct(real["mean"], real["std"], len(real["trials"])),
+                     fmt_pct(synth["mean"], synth["std"], len(synth["trials"])) if synth else "–",
+                     synth["synthetic_rows"] if synth else 0, len(real["trials"])])
+    _write_table(page.out / "few_shot", header, rows)
+    body = _table(header, rows) + (f"<p class='note'>{html.escape(fs['note'])}; features of <b>{html.escape(ext)}</b>; "
+                                   "mean ± std over trials (%).</p>")
+    page.section("few_shot", "Few-shot protocol", body)
+
+
 def write_html_report(run_dir: str | Path) -> Path:
     """Writes ``RUN_DIR/report/report.html`` (self-contained) and its PNG/CSV/Markdown tables; returns its path."""
     from synthaug.report.tables import run_config
@@ -312,6 +333,7 @@ def write_html_report(run_dir: str | Path) -> Path:
     _cas_section(page, classes, counts, rows)
     _replacement_section(page)
     _targeted_section(page, classes, counts, shot_of)
+    _few_shot_section(page)
     judge = run_dir / "judge" / "done.json"
     if judge.is_file() and read_json(judge).get("synthetic_label_accuracy"):
         j = read_json(judge)
