@@ -368,9 +368,12 @@ def few_shot_stage(exp: Experiment) -> dict:
                             lr=fs.lr, seed=exp.cfg.seed, synth_x=None if synth is None else extractor(synth),
                             synth_y=None if synth is None else synth.labels[:, 0],
                             synthetic_per_real=fs.synthetic_per_real)
-            write_json(folder / "few_shot.json", {"extractor": extractor.label, "rows": rows,
-                                                  "note": "best validation accuracy across epochs of a linear probe "
-                                                          "on frozen features; real validation split"})
+            note = ("best validation accuracy across epochs of a linear probe on frozen features; real validation "
+                    "split; the same k real images per trial with and without synthetic ones")
+            if extractor.name == "classifier":
+                note += ("; the backbone is the baseline classifier trained on the whole long-tailed training split, "
+                         "so it saw more than k images per class (an optimistic backbone, not an ImageNet one)")
+            write_json(folder / "few_shot.json", {"extractor": extractor.label, "rows": rows, "note": note})
             with open(folder / "few_shot.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["extractor", "shots", "synthetic", "mean", "std", "trials", "real", "synthetic_rows"])
