@@ -38,7 +38,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 10
             seed: int = 0) -> dict[str, float | int | None]:
     """FID and KID (mean, std over random subsets) between two (N, d) feature sets.
 
-    The KID subset size is lowered to the smaller set's size. Sets of fewer than 2 samples give None.
+    The KID subset size is lowered to the smaller set's size. KID is an unbiased MMD² estimate, so it scatters
+    around 0 (slightly negative values included) for samples of one distribution. Sets of fewer than 2 samples
+    give None.
     """
     n = min(len(real), len(fake))
     if n < 2:
