@@ -294,9 +294,13 @@ def targeted_stage(exp: Experiment) -> dict:
               "targeted": _per_class(exp, [r["folder"] for r in targeted]), "control": None, "control_note": None}
     for key, folders in (("real_only", _baseline_folders(exp)), ("targeted", [r["folder"] for r in targeted])):
         result[f"{key}_accuracy"] = float(np.mean([read_json(exp.dir / f / "metrics.json")["accuracy"] for f in folders]))
+    labellers = [a.name for a in exp.cfg.arms if a.synthetic == "none"]
     if exp.pseudo_control is None:
         result["control_note"] = (f"generator {exp.cfg.generator.name!r} cannot draw class-agnostic images, so the "
                                   "pseudo-labelled control was left out")
+    elif exp.cfg.pseudo.classifier_arm not in labellers:
+        result["control_note"] = (f"pseudo.classifier_arm {exp.cfg.pseudo.classifier_arm!r} is not a real-only arm "
+                                  f"of this config ({labellers}), so no classifier labels the control; left out")
     else:
         total = int(counts.sum())
         labeller = exp.cfg.arm(exp.cfg.pseudo.classifier_arm)
