@@ -148,3 +148,24 @@ def test_report_opens_in_headless_chromium(finished_run, tmp_path):
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,4000", (finished_run / "report" / "report.html").as_uri()],
                    capture_output=True, text=True, timeout=120, env=env)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_studies_that_do_not_apply_say_why(tmp_path):
+    config = {"name": "real-only", "output_dir": str(tmp_path), "progress": False,
+              "data": {"source": "digits", "longtail": {"imbalance_ratio": 10}},
+              "train": {"epochs": 1, "batch_size": 64}, "arms": [{"name": "real-ce"}],
+              "evaluation": {"few_shot": {"shots": [2], "trials": 1, "epochs": 5}}}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "real-only"
+    for study in ("samples", "fidelity", "cas", "replacement"):
+        reason = json.loads((run / "evaluation" / study / "skipped.json").read_text())["reason"]
+        assert "no arm uses the generated set" in reason
+    assert (run / "evaluation" / "oracle" / "seed0" / "metrics.json").is_file()
+    few = json.loads((run / "evaluation" / "few_shot" / "few_shot.json").read_text())
+    assert [r["synthetic"] for r in few["rows"]] == [False]
+    text = (run / "report" / "report.html").read_text()
+    assert 'id="skipped"' in text and "Study <b>cas</b> skipped: no arm uses the generated set" in text
+    assert 'id="fidelity"' not in text and "oracle (balanced real pool)" in text
