@@ -44,7 +44,9 @@ def worker_threads(requested: int | None, local_workers: int) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from synthaug.config import load_config
+    from pydantic import ValidationError
+
+    from synthaug.config import _format_errors, load_config
     from synthaug.tuning.config import TuneConfig
 
     cfg = load_config(args.config, args.overrides)
@@ -55,7 +57,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
                if v is not None}
     if args.n_trials is not None and args.n_trials < 1:
         raise SettingError(f"--n-trials must be at least 1, got {args.n_trials}")
-    tune = TuneConfig(**{**cfg.tune.model_dump(exclude_unset=True), **changes}) if changes else cfg.tune
+    try:
+        tune = TuneConfig(**{**cfg.tune.model_dump(exclude_unset=True), **changes}) if changes else cfg.tune
+    except ValidationError as e:
+        raise ConfigError(f"Invalid command-line option for {args.config}:\n{_format_errors(e, 'tune')}") from None
     threads = worker_threads(args.threads if args.threads is not None else tune.threads, args.local_workers)
 
     import optuna

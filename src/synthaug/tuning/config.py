@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthaug.errors import SettingError
 from synthaug.train.config import ModelConfig, TrainConfig
@@ -169,30 +169,63 @@ class TuneConfig(_Strict):
     synthetic_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name: generator sampling params
     plots: bool = True  # history, importances, parallel coordinates as PNG in the run folder's tune/
 
-    @model_validator(mode="after")
-    def _valid(self):
-        if not self.space:
+    @field_validator("space", mode="before")
+    @classmethod
+    def _dotted(cls, space: Any) -> Any:
+        """Nested keys are joined with dots, so ``--set tune.space.train.lr.high=0.1`` (which nests) edits the
+        entry ``train.lr``."""
+        if not isinstance(space, dict):
+            return space
+        out: dict[str, Any] = {}
+        for key, value in space.items():
+            if isinstance(value, ParamSpec):
+                value = value.model_dump(exclude_unset=True)
+            if isinstance(value, dict) and value and not set(value) & set(ParamSpec.model_fields):
+                for sub, spec in cls._dotted(value).items():
+                    out.setdefault(f"{key}.{sub}", {}).update(spec)
+            elif isinstance(value, dict):
+                out.setdefault(key, {}).update(value)
+            else:
+                out[key] = value
+        return out
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        if not space:
             raise SettingError("tune.space is empty; give at least one parameter (or leave it out for Table 1)")
-        for path, spec in self.space.items():
+        for path, spec in space.items():
             if path.startswith("train."):
                 check_train_path(path, spec)
-            elif path == "synthetic.set":
-                if spec.type != "categorical":
-                    raise SettingError("tune.space.synthetic.set is categorical: list the set names in `choices`")
-                known = {MAIN_SET, *self.synthetic_sets}
-                unknown = [c for c in spec.choices if c not in known]
-                if unknown:
-                    raise SettingError(f"tune.space.synthetic.set: unknown set(s) {unknown}; sets: {sorted(known)} "
-                                       "(define more under tune.synthetic_sets)")
+            elif path == "synthetic.set" and spec.type != "categorical":
+                raise SettingError("tune.space.synthetic.set is categorical: list the set names in `choices`")
             elif path == "synthetic.per_class":
                 if spec.type not in ("int", "categorical"):
                     raise SettingError("tune.space.synthetic.per_class is a count: use type int (or categorical)")
                 bad = [v for v in spec.values_to_check() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
                 if bad:
                     raise SettingError(f"tune.space.synthetic.per_class: counts must be whole numbers >= 0, got {bad}")
-            else:
+            elif path not in SYNTHETIC_KNOBS:
                 raise SettingError(f"tune.space.{path}: unknown parameter; use train.<field> (e.g. train.lr, "
                                    f"train.model.dropout, train.betas.0) or one of {sorted(SYNTHETIC_KNOBS)}")
+        return space
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, storage: str) -> str:
+        if storage not in ("sqlite", "memory") and "://" not in storage:
+            raise SettingError(f"tune.storage {storage!r}: use 'sqlite', 'memory' or a database URL such as "
+                               "postgresql://user@host/db or sqlite:///path/study.db")
+        return storage
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if "synthetic.set" in self.space:
+            known = {MAIN_SET, *self.synthetic_sets}
+            unknown = [c for c in self.space["synthetic.set"].choices if c not in known]
+            if unknown:
+                raise SettingError(f"tune.space.synthetic.set: unknown set(s) {unknown}; sets: {sorted(known)} "
+                                   "(define more under tune.synthetic_sets)")
         if MAIN_SET in self.synthetic_sets:
             raise SettingError(f"tune.synthetic_sets: {MAIN_SET!r} is the experiment's own set; choose another name")
         if self.order is not None:
@@ -205,9 +238,6 @@ class TuneConfig(_Strict):
         if self.objective == "mean-val-loss" and self.last_k > self.epochs:
             raise SettingError(f"tune.last_k ({self.last_k}) exceeds tune.epochs ({self.epochs}); the objective "
                                "averages the last k epochs' validation losses: lower last_k or raise epochs")
-        if self.storage not in ("sqlite", "memory") and "://" not in self.storage:
-            raise SettingError(f"tune.storage {self.storage!r}: use 'sqlite', 'memory' or a database URL such "
-                               "as postgresql://user@host/db or sqlite:///path/study.db")
         return self
 
     @property
