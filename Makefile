@@ -18,6 +18,7 @@ demo: install
 	$(BIN)/synthaug demo
 
 test: install
+	bash scripts/system-packages.sh
 	$(BIN)/python -m pytest -q
 
 bench: install

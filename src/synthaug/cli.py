@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from importlib import resources
@@ -10,6 +11,11 @@ from pathlib import Path
 
 from synthaug.config import ExperimentConfig, load_config
 from synthaug.errors import ConfigError, UserError
+
+
+# Modules that add their own sub-commands: each has ``add_parser(subparsers)`` and keeps heavy imports inside the
+# command function, so ``synthaug --help`` stays instant.
+SUBCOMMAND_MODULES: list[str] = ["synthaug.tuning.cli", "synthaug.report.cli"]
 
 
 def _demo_config() -> Path:
@@ -153,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--arm", action="append", default=[])
     p.set_defaults(func=cmd_model_summary)
+    for module in SUBCOMMAND_MODULES:  # sub-commands that live beside their stage (each module imports no torch)
+        importlib.import_module(module).add_parser(sub)
     p = sub.add_parser("list", help="registered generators, losses, mixing strategies, presets, sources")
     p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "batch-mix", "sources"])
     p.set_defaults(func=cmd_list)
