@@ -27,7 +27,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
 padding:0 18px 40px;color:#222;line-height:1.4}
 h1{border-bottom:2px solid #4c72b0;padding-bottom:4px}h2{margin-top:34px;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+table{border-collapse:collapse;margin:8px 0 14px;font-size:12px;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}.note{color:#555;font-size:13px}
 .skip{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px}nav a{margin-right:10px}
