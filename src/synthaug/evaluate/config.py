@@ -90,5 +90,5 @@ class EvaluationConfig(_Strict):
     replacement: ReplacementConfig = Field(default_factory=ReplacementConfig)
     targeted: TargetedConfig = Field(default_factory=TargetedConfig)
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
-    seeds: list[int] | None = None  # classifier seeds of the studies (None: the experiment's `seeds`)
+    seeds: list[int] | None = None  # classifier seeds of the studies (None: the experiment's first seed only)
     report_top_k: int = Field(10, ge=1)  # beyond 50 classes, per-class pictures show the top and bottom k

@@ -48,7 +48,8 @@ def baseline_arm(exp: Experiment) -> ArmConfig:
 
 
 def study_seeds(exp: Experiment) -> list[int]:
-    return exp.cfg.evaluation.seeds or exp.cfg.seeds
+    """``evaluation.seeds``, else the experiment's first seed (each study trains one classifier per seed)."""
+    return exp.cfg.evaluation.seeds or exp.cfg.seeds[:1]
 
 
 def _train_parts(exp: Experiment, arm: ArmConfig) -> dict:
