@@ -18,6 +18,7 @@ from synthaug.experiment import Experiment
 from synthaug.utils import read_json
 
 FULL_BUDGET = ["name=bench-downstream", "seeds=[0, 1, 2]", "generator.params.train_steps=2500",
+               "generator.params.block_out_channels=[32, 64, 64]", "train.epochs=15",
                "generator.params.sampling_steps=20"]
 
 
