@@ -176,6 +176,7 @@ def test_multi_attribute_experiment_runs_every_stage(tmp_path, splits, capsys):
         "generator": {"name": "test-noise", "params": {"size": 32}},
         "plan": {"strategy": "rare-attributes", "total": 60, "batch_size": 30},
         "judge": {"enabled": False},
+        "evaluation": {"enabled": False},  # the studies are tested in test_report.py
         "train": {"epochs": 1, "batch_size": 64, "loss": "weighted-ce", "weight_k": 250 / 11},
         "arms": [{"name": "real", "train": {"augment": "hard"}},
                  {"name": "synth-rsp", "synthetic": "generated",

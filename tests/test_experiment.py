@@ -19,6 +19,7 @@ TINY = {
     "plan": {"strategy": "fixed", "counts": {"8": 12, "9": 12}},
     "train": {"epochs": 1, "batch_size": 32},
     "judge": {"epochs": 1},
+    "evaluation": {"enabled": False},  # the studies are tested in test_report.py
 }
 
 

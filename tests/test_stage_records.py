@@ -22,6 +22,7 @@ TINY = {
     "plan": {"strategy": "fixed", "counts": {"8": 4, "9": 4}},
     "train": {"epochs": 1, "batch_size": 64},
     "judge": {"enabled": False},
+    "evaluation": {"enabled": False},  # the studies are tested in test_report.py
     "arms": [{"name": "real-ce"},
              {"name": "synth-combined", "synthetic": "generated", "train": {"mixing": "combined"}}],
 }

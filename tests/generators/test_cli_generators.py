@@ -50,7 +50,10 @@ def test_generate_through_the_cli(name, folder, tiny_sd_dir, unclip_dir, tmp_pat
         "plan": {"strategy": "fixed", "counts": {"owl": 3, "dog": 1}, "batch_size": 2},
         "train": {"epochs": 1, "batch_size": 8},
         "judge": {"enabled": False},
-        "arms": [{"name": "combined", "synthetic": "generated", "train": {"mixing": "combined"}}],
+        "evaluation": {"enabled": False},  # the studies are tested in test_report.py
+        "arms": [{"name": "real-ce"},
+                 {"name": "combined", "synthetic": "generated", "train": {"mixing": "combined"}},
+                 {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"mixing": "combined"}}],
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -61,6 +64,12 @@ def test_generate_through_the_cli(name, folder, tiny_sd_dir, unclip_dir, tmp_pat
     assert all(r["method"] == name and isinstance(r["seed"], int) for r in lines)
     size = Image.open(store / lines[0]["file_name"]).size
     assert size[0] == size[1] and size[0] in (16, 32)
-    # the same config then trains and evaluates a classifier on real + these images
+    # the same config then trains and evaluates a classifier on real + these images, and the control arm
+    # runs where the generator has a class-agnostic control, else it is left out with the reason in the table
     assert main(["run", str(path)]) == 0
-    assert "| combined |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| combined |" in out
+    if name == "mvc":
+        assert "| pseudo-combined |" not in out and "Arm pseudo-combined left out" in out
+    else:
+        assert "| pseudo-combined |" in out and "Control arms (synthetic: pseudo):" in out
