@@ -40,3 +40,17 @@ def test_load_config_reports_file_problems(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seeds.5=1", r"--set seeds\.5=1: seeds is a list with 1 entries \(indices 0-0\)"),
+    ("train.model.head_hidden.0=64", r"train\.model\.head_hidden is not in the config .* set the whole list"),
+    ("arms.9.train.lr=0.1", r"--set arms\.9\.train\.lr=0\.1: arms is a list with 7 entries"),
+    ("data.source.x=1", r"--set data\.source\.x=1: data\.source is a single value \('mnist5k'\)"),
+    ("seeds=[0,", r"--set seeds=\[0,: the value '\[0,' is not valid YAML"),
+    ("seeds.x=1", r"--set seeds\.x=1: seeds is a list with 1 entries .* 'x' does not name one"),
+    ("train..epochs=3", r"is not a dotted key"),
+])
+def test_bad_override_paths_name_the_override(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"data": {"source": "mnist5k"}, "seeds": [0]}, [override])

@@ -235,26 +235,53 @@ def _format_errors(e: ValidationError, prefix: str = "") -> str:
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Applies one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    """Applies one ``dotted.key=value`` override in place; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: naming the override and what is wrong with it (no ``=``, a value that is not YAML, an
+            index past the end of a list, a key under a plain value).
+    """
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: {key!r} is not a dotted key like train.epochs.")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0]
+        raise ConfigError(f"--set {assignment}: the value {value!r} is not valid YAML ({problem}); quote it, e.g. "
+                          f"--set '{key}=\"{value}\"', or complete it.") from None
     node: Any = raw
-    for i, p in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
+    for i, p in enumerate(parts):
+        where = ".".join(parts[:i]) or "the config"
+        last = i == len(parts) - 1
         if isinstance(node, list):
-            node = node[int(p)]
+            if not p.isdigit() or int(p) >= len(node):
+                valid = f"indices 0-{len(node) - 1}" if node else "no entries"
+                raise ConfigError(f"--set {assignment}: {where} is a list with {len(node)} entries ({valid}), so "
+                                  f"{p!r} does not name one; set the whole list instead, e.g. --set "
+                                  f"'{where}=[...]'.")
+            if last:
+                node[int(p)] = parsed
+            else:
+                node = node[int(p)]
             continue
-        if p not in node or node[p] is None:
-            node[p] = [] if nxt.isdigit() else {}
-        node = node[p]
-    last = parts[-1]
-    parsed = yaml.safe_load(value)
-    if isinstance(node, list):
-        node[int(last)] = parsed
-    else:
-        node[last] = parsed
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: {where} is a single value ({node!r}), not a section, so it "
+                              f"has no key {p!r}.")
+        if last:
+            node[p] = parsed
+        else:
+            if p not in node or node[p] is None:
+                path = ".".join(parts[: i + 1])
+                if parts[i + 1].isdigit():
+                    raise ConfigError(f"--set {assignment}: {path} is not in the config (its default applies), so "
+                                      f"entry {parts[i + 1]} cannot be set; set the whole list, e.g. --set "
+                                      f"'{path}=[...]'.")
+                node[p] = {}
+            node = node[p]
 
 
 def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> ExperimentConfig:
