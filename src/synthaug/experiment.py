@@ -382,10 +382,17 @@ class Experiment:
         elif arm.synthetic == "pseudo":
             synthetic = self.pseudo().load(mode=self.splits.train.mode)
         self.stats()
+        done = self.train_stage(rel, self._arm_parts(arm, seed), self.cfg.arm_train(arm), synthetic, seed)
+        (self.dir / "train" / arm.name / "left_out.json").unlink(missing_ok=True)
+        return done
+
+    def train_stage(self, rel: str, parts: dict[str, Any], tcfg: TrainConfig, synthetic: LabeledImages | None,
+                    seed: int) -> dict:
+        """One classifier stage in ``rel``: train (resumable), evaluate on the test split, record ``done.json``;
+        the epoch checkpoint is removed only after that. Returns the stage's record."""
         folder = self.dir / rel
-        with self._stage(rel, self._arm_parts(arm, seed)) as summary:
+        with self._stage(rel, parts) as summary:
             if summary is not None:
-                tcfg = self.cfg.arm_train(arm)
                 write_json(folder / "train_config.json", tcfg.model_dump(mode="json"))
                 model = train_classifier(self.splits.train, synthetic, tcfg, folder, val=self.splits.val,
                                          device=self.device, seed=seed, progress=self.cfg.progress,
@@ -394,7 +401,6 @@ class Experiment:
                 summary.update(folder=rel, accuracy=metrics["accuracy"],
                                synthetic=0 if synthetic is None else len(synthetic))
         remove_checkpoint(folder / "last")  # only now: a crash before done.json resumes instead of retraining
-        (self.dir / "train" / arm.name / "left_out.json").unlink(missing_ok=True)
         return self._done(rel)
 
     def _evaluate(self, model, folder: Path) -> dict:

@@ -248,8 +248,6 @@ def retrain_best(ctx: TuneContext, result: TuneResult) -> dict[str, Any]:
     """Retrains the best parameters for ``retrain_epochs`` per experiment seed and evaluates on test, as the
     arm ``train/<tuned_arm>/seed<k>/`` (stage records as any arm: a finished seed is not retrained), and writes
     ``train/<tuned_arm>/tuned.json`` for the report's arms table. Local workers take turns (lock file)."""
-    from synthaug.train import train_classifier
-    from synthaug.train.checkpoint import remove as remove_checkpoint
 
     exp, tune, name = ctx.exp, ctx.tune, ctx.tuned_name
     epochs = tune.retrain_epochs or exp.cfg.arm_train(ctx.arm).epochs
@@ -260,19 +258,9 @@ def retrain_best(ctx: TuneContext, result: TuneResult) -> dict[str, Any]:
     with file_lock(exp.dir / "tune" / "retrain.lock"):
         for seed in exp.cfg.seeds:
             rel = f"train/{name}/seed{seed}"
-            folder = exp.dir / rel
             parts = {"data": exp.data_fp, "train": train.model_dump(mode="json", exclude=PERFORMANCE), "seed": seed,
                      "synthetic": [ctx.arm.synthetic, fingerprint(synthetic_id)], "params": result.best_params}
-            with exp._stage(rel, parts) as summary:
-                if summary is not None:
-                    write_json(folder / "train_config.json", train.model_dump(mode="json"))
-                    model = train_classifier(exp.splits.train, synthetic, train, folder, val=exp.splits.val,
-                                             device=exp.device, seed=seed, progress=exp.cfg.progress,
-                                             keep_checkpoint=True)
-                    metrics = exp._evaluate(model, folder)
-                    summary.update(folder=rel, accuracy=metrics["accuracy"],
-                                   synthetic=0 if synthetic is None else len(synthetic))
-            remove_checkpoint(folder / "last")
+            exp.train_stage(rel, parts, train, synthetic, seed)
             seeds[seed] = exp._done(rel)["accuracy"]
         record = {"arm": name, "tuned_from": ctx.arm.name, "loss": train.loss, "mixing": train.mixing,
                   "synthetic": ctx.arm.synthetic, "seeds": list(exp.cfg.seeds), "params": result.best_params,
