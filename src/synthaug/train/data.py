@@ -43,7 +43,9 @@ class ImageSet(Dataset):
             image = self.transform(self._raw(i))
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that records a
+                # stack trace, ~1 ms per call on CPU-only machines, i.e. most of a small model's epoch
+                torch.random.default_generator.manual_seed(seed)
                 image = self.transform(self._raw(i))
         return image, torch.as_tensor(self.labels[i]), i >= self.num_real
 
