@@ -44,11 +44,15 @@ log = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix maths in hardware (AVX512-BF16 or AMX-BF16).
+    """Whether this CPU runs bf16 matrix maths in hardware (AVX512-BF16 or AMX-BF16) for oneDNN.
 
     On AVX2-only CPUs bf16 autocast is emulated and runs 12-16x slower than fp32 (measured on a 2-core AMD
-    EPYC), so ``precision: auto`` must not pick it there.
+    EPYC), so ``precision: auto`` must not pick it there. oneDNN's ``ONEDNN_MAX_CPU_ISA`` is respected: with
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` (and ``ATEN_CPU_CAPABILITY=avx2``) a bf16 machine runs as an AVX2-only one.
     """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa != "ALL" and not any(name in isa for name in ("BF16", "AMX", "FP16", "AVX10")):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
