@@ -60,7 +60,8 @@ class GeneratorConfig(BaseModel):
 
 class DDPMConfig(GeneratorConfig):
     sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "guidance_scale"})
-    performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
+                                                              "enable_compile"})
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
@@ -85,9 +86,13 @@ class DDPMConfig(GeneratorConfig):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
     # --- sampling
-    sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
+    # dpmsolver++ / unipc: multistep ODE solvers for 5-25 steps; ddim; ddpm = ancestral (use 1,000 steps)
+    sampler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     sampling_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
+    guidance_batching: bool = True  # one UNet pass on [x, x] for the labelled and null predictions, not two
+    channels_last: bool = False  # channels-last memory format for sampling (bench/sampling.py says if it helps)
+    enable_compile: bool = False  # torch.compile the UNet for sampling (first batch slow while it compiles)
     checkpoint: str | None = None  # a trained model folder to sample from instead of training
 
 

@@ -11,6 +11,7 @@ generator per item, so an item gives the same image on CPU and CUDA, whatever th
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel, UniPCMultistepScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
@@ -38,7 +39,8 @@ from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler,
+            "ddpm": DDPMScheduler}
 
 
 def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -219,6 +221,7 @@ class DDPMGenerator(Generator):
 
     # ---------------------------------------------------------------------------------------------- sampling
     _unet: UNet2DModel | None = None
+    _denoiser: torch.nn.Module | None = None  # the UNet, or its torch.compile wrapper
 
     def _load(self) -> UNet2DModel:
         if self._unet is None:
@@ -228,7 +231,11 @@ class DDPMGenerator(Generator):
                 raise MissingFileError(f"No trained ddpm model for these training settings in {self.model_dir} "
                                        f"(looked for unet/ and {MODEL_INFO}); run fit first or set "
                                        "generator.params.checkpoint to a trained model.")
-            self._unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
+            unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
+            if self.config.channels_last:
+                unet.to(memory_format=torch.channels_last)
+            self._unet = unet
+            self._denoiser = torch.compile(unet) if self.config.enable_compile else unet
         return self._unet
 
     def check_loadable(self) -> None:
@@ -249,13 +256,20 @@ class DDPMGenerator(Generator):
         conditional = unet.config.num_class_embeds is not None
         null = (unet.config.num_class_embeds or 1) - 1
         guided = conditional and guidance_scale != 1.0 and bool((labels != null).any())
-        model_in = torch.cat([x, x]) if guided else x
-        cls = torch.cat([labels, torch.full_like(labels, null)]) if guided else labels
-        with autocast(self.device, self.precision):
-            eps = unet(model_in, t, class_labels=cls if conditional else None).sample.float()
+        denoiser = self._denoiser if self._denoiser is not None else unet
+
+        def eps(model_in: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+            if self.config.channels_last:
+                model_in = model_in.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                return denoiser(model_in, t, class_labels=cls if conditional else None).sample.float()
+
         if not guided:
-            return eps
-        eps_cond, eps_null = eps.chunk(2)
+            return eps(x, labels)
+        if self.config.guidance_batching:
+            eps_cond, eps_null = eps(torch.cat([x, x]), torch.cat([labels, torch.full_like(labels, null)])).chunk(2)
+        else:
+            eps_cond, eps_null = eps(x, labels), eps(x, torch.full_like(labels, null))
         return guided_noise(eps_cond, eps_null, guidance_scale)
 
     @torch.no_grad()
@@ -276,10 +290,11 @@ class DDPMGenerator(Generator):
         x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device)
         x = x * scheduler.init_noise_sigma
         y = torch.tensor([null if it.labels is None else it.labels[0] for it in items], device=self.device)
+        noise_kw = {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for t in scheduler.timesteps:
             # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
             eps = self.predict_noise(scheduler.scale_model_input(x, t), t, y, c.guidance_scale)
-            x = scheduler.step(eps, t, x, generator=gens).prev_sample  # 3. stochastic samplers draw from gens
+            x = scheduler.step(eps, t, x, **noise_kw).prev_sample  # 3. stochastic samplers draw from gens
         return [Generated(image) for image in to_pil((x + 1) / 2)]
 
     def provenance(self) -> dict:
