@@ -112,6 +112,9 @@ def test_near_duplicate_rejects_copies_keeps_them_on_disk_and_overgeneration_rea
     summary = json.loads((exp.dir / "filter" / "summary.json").read_text())["classes"]
     assert [(r["class"], r["planned"], r["rejected_near-duplicate"], r["selected"]) for r in summary
             if r["planned"]] == [("0", 8, 5, 3), ("9", 8, 5, 3)]
+    from synthaug.report.tables import filter_table
+
+    assert "| 9 | 8 | 5 | 3 | 3 | 3 | 0 |" in filter_table(exp.dir)  # planned, rejected, kept, selected, target, short
 
 
 @pytest.mark.slow
