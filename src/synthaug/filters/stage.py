@@ -122,7 +122,13 @@ def selected_ids(exp: Experiment) -> list[str]:
     """The images arms with ``use_filters`` train on (runs the stage if needed), in plan order."""
     run_filters(exp)
     with open(exp.dir / "filter" / "decisions.jsonl") as f:
-        return [rec["item_id"] for rec in map(json.loads, f) if rec["selected"]]
+        ids = [rec["item_id"] for rec in map(json.loads, f) if rec["selected"]]
+    if not ids:
+        raise SettingError(f"The filters rejected every generated image (see {exp.dir / 'filter' / 'summary.csv'}), so "
+                           "a filtered arm has nothing to train on: loosen the thresholds (e.g. a lower "
+                           "min_probability or keep_top_percent), check the generator's samples, or set "
+                           "use_filters: false on the arm.")
+    return ids
 
 
 def format_summary(record: dict, rows: list[dict]) -> str:
