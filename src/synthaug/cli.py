@@ -58,6 +58,16 @@ def cmd_generate(args) -> None:
     print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
 
 
+def cmd_filter(args) -> None:
+    from synthaug.filters.stage import format_summary
+    from synthaug.utils import read_json
+
+    exp = _experiment(args)
+    record = exp.filter_synthetic()
+    print(format_summary(record, read_json(exp.dir / "filter" / "summary.json")["classes"]))
+    print(f"Decisions per image: {exp.dir / 'filter' / 'decisions.jsonl'}")
+
+
 def _selected_arms(exp, names):
     known = [a.name for a in exp.cfg.arms]
     unknown = [n for n in names if n not in known]
@@ -118,6 +128,7 @@ def cmd_model_summary(args) -> None:
 def cmd_list(args) -> None:
     import synthaug.generators  # noqa: F401  (registers generators)
     from synthaug.data.sources import SOURCES
+    from synthaug.filters.config import FILTERS
     from synthaug.generators import GENERATORS
     from synthaug.train.augment import AUGMENTS
     from synthaug.train.batch_mix import BATCH_MIXES
@@ -125,7 +136,8 @@ def cmd_list(args) -> None:
     from synthaug.train.mixing import MIXING
 
     registries = {"generators": GENERATORS, "losses": LOSSES, "mixing": MIXING, "augment": AUGMENTS,
-                  "batch-mix": BATCH_MIXES, "sources": SOURCES}
+                  "batch-mix": BATCH_MIXES, "sources": SOURCES,
+                  "filters": FILTERS}
     for kind in [args.kind] if args.kind else registries:
         print(f"{kind}: {', '.join(registries[kind].names())}")
 
@@ -141,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="fit the generator (if needed) and fill the synthetic store")
     _add_config_args(p)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("filter", help="keep / reject every generated image with the configured filters (no "
+                       "regeneration; rejected images stay on disk)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_filter)
     p = sub.add_parser("train", help="train the classifier arms (all, or --arm NAME ...)")
     _add_config_args(p)
     p.add_argument("--arm", action="append", default=[], help="train only this arm (repeatable)")
@@ -162,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMAND_MODULES:  # sub-commands that live beside their stage (each module imports no torch)
         importlib.import_module(module).add_parser(sub)
     p = sub.add_parser("list", help="registered generators, losses, mixing strategies, presets, sources")
-    p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "batch-mix", "sources"])
+    p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "batch-mix", "sources",
+                                                "filters"])
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -20,6 +20,7 @@ from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
 from synthaug.train.config import TrainConfig
 from synthaug.evaluate.config import EvaluationConfig
+from synthaug.filters.config import AnyFilterConfig, check_filters
 from synthaug.tuning.config import TuneConfig
 from synthaug.errors import ConfigError, SettingError  # noqa: F401  (ConfigError re-exported)
 
@@ -100,9 +101,15 @@ class PlanConfig(_Strict):
     total: int | None = Field(None, ge=1)  # rare-attributes: images in all, rarest sources first
     caption_template: str | None = None  # rare-attributes: None = "A person wearing {attributes} clothes"
     batch_size: int = Field(64, ge=1)  # generation batch size (does not change any image)
+    # generate ceil(factor × count) images per class so that each class still reaches its count after the
+    # filters; arms take the first `count` kept images of each class (per-class strategies only)
+    overgenerate: float = Field(1.0, ge=1)
 
     @model_validator(mode="after")
     def _rare_attributes_size(self):
+        if self.strategy == "rare-attributes" and self.overgenerate != 1:
+            raise SettingError(f"plan.overgenerate ({self.overgenerate}) applies to per-class plans (strategy balance, "
+                               "fixed or ratio), not to rare-attributes; remove it.")
         if self.strategy == "rare-attributes" and (self.per_source is None) == (self.total is None):
             raise SettingError("plan.strategy 'rare-attributes' needs exactly one of plan.per_source (images per "
                              f"source image) and plan.total (images in all), but got per_source={self.per_source}, "
@@ -119,6 +126,9 @@ class ArmConfig(_Strict):
     name: str = Field(pattern=r"^[\w][\w.+-]*$")  # a folder name: letters, digits, . _ + -
     synthetic: Literal["none", "generated", "pseudo"] = "none"  # which synthetic set the arm may use
     train: dict[str, Any] = Field(default_factory=dict)  # overrides of the top-level train section
+    # synthetic: generated arms train on the images the `filters` keep; False: on the unfiltered set (the same
+    # count per class, the first items of the plan), e.g. to compare filtered with unfiltered
+    use_filters: bool = True
 
 
 class JudgeConfig(_Strict):
@@ -155,6 +165,8 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     arms: list[ArmConfig] = Field(default_factory=lambda: [ArmConfig(**a) for a in DEFAULT_ARMS])
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)  # studies and fidelity (synthaug.evaluate)
+    # keep / reject every generated image before arms train on it (applied in order; see synthaug.filters)
+    filters: list[AnyFilterConfig] = Field(default_factory=list)
     tune: TuneConfig | None = None  # Optuna search around one arm (`synthaug tune`); None: no tuning
 
     @model_validator(mode="after")
@@ -184,7 +196,25 @@ class ExperimentConfig(_Strict):
             raise SettingError(f"pseudo.classifier_arm {self.pseudo.classifier_arm!r} is not an arm; arms: {names}")
         if not self.seeds:
             raise SettingError("seeds must list at least one seed")
+        self._filters_valid()
         return self
+
+    def _filters_valid(self) -> None:
+        check_filters(self.filters)
+        for i, arm in enumerate(self.arms):
+            if "use_filters" in arm.model_fields_set and arm.synthetic != "generated":
+                raise SettingError(f"arms.{i}.use_filters ({arm.name}) applies to arms with synthetic: generated, but "
+                                   f"this arm has synthetic: {arm.synthetic}; remove it.")
+        if self.plan.overgenerate != 1 and not self.filters:
+            raise SettingError(f"plan.overgenerate ({self.plan.overgenerate}) makes extra images for filters to reject, "
+                               "but no filters are configured (they would go unused); add filters or remove it.")
+        real_only = {a.name: a for a in self.arms if a.synthetic == "none"}
+        for i, f in enumerate(self.filters):
+            if f.name == "confidence" and f.classifier_arm not in real_only:
+                raise SettingError(
+                    f"filters.{i}.classifier_arm {f.classifier_arm!r} must name a real-only arm (synthetic: none; "
+                    f"trained on the training split only); such arms: {sorted(real_only)}. Add one, e.g. {{name: "
+                    "real-bsm, train: {loss: balanced-softmax, mixing: real-only}}.")
 
     def arm_train(self, arm: ArmConfig, where: str = "train") -> TrainConfig:
         """The arm's training config: the top-level ``train`` section with the arm's overrides (fields the

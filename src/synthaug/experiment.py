@@ -9,8 +9,10 @@ parts (see :meth:`Experiment._stage`):
 - ``generator``: the data and the generator's *training* fields (``GeneratorConfig.training_part``);
 - ``synthetic``: the trained model and the *sampling* fields; the plan is recorded beside it, so a plan that
   grows reuses every image already made;
+- ``filter``: the generated set and every filter's config (thresholds included); each filter's scores are
+  cached in ``filter-scores/<name>`` (redone only when what they depend on changes), see :mod:`synthaug.filters`;
 - ``train/<arm>/seed<k>``: the data, the arm's training fields (not ``num_workers``), the seed, and the
-  synthetic set it trains on.
+  synthetic set it trains on (the filter stage's inputs for a filtered arm).
 
 Derived data (``data``, ``synthetic``, ``pseudo``, ``judge``) is redone when its inputs change, the old folder
 kept aside as ``<stage>.stale-<fingerprint>``; a trained generator or classifier whose inputs changed is an
@@ -38,7 +40,8 @@ from synthaug.data.attributes import read_class_names
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.generators import GENERATORS, Generator, create_generator, fill_store, generator_config
 from synthaug.plan import (
-    PlanItem, balance_counts, fixed_counts, make_items, ratio_counts, rare_attribute_items, unconditional_items,
+    PlanItem, balance_counts, fixed_counts, make_items, overgenerate_counts, ratio_counts, rare_attribute_items,
+    take_per_class, unconditional_items,
 )
 from synthaug.store import SyntheticStore
 from synthaug.train import TrainConfig, load_classifier, predict, train_classifier
@@ -245,10 +248,10 @@ class Experiment:
             return rare_attribute_items(schema, train.labels, train.ids, seed=self.cfg.seed,
                                         thresholds=self.thresholds, rare_shots=p.rare_shots, per_source=p.per_source,
                                         total=p.total, template=p.caption_template)
-        return make_items(schema, self.plan_counts(), seed=self.cfg.seed)
+        return make_items(schema, overgenerate_counts(self.plan_counts(), p.overgenerate), seed=self.cfg.seed)
 
     def plan_counts(self) -> np.ndarray:
-        """Planned images per class of the first label group."""
+        """Planned images per class of the first label group (the target: before ``plan.overgenerate``)."""
         p, schema = self.cfg.plan, self.splits.schema
         if p.strategy == "rare-attributes":
             first = [it.labels[0] for it in self.plan_items()]
@@ -273,9 +276,25 @@ class Experiment:
         return fingerprint([it.to_dict() for it in self.plan_items()])
 
     @cached_property
-    def synthetic_set_fp(self) -> str:
-        """What an arm trained on the generated set depends on: the model, the sampling and the plan."""
+    def generated_fp(self) -> str:
+        """The whole generated set: the model, the sampling and the plan (over-generated items included)."""
         return fingerprint(self._synthetic_parts, self.plan_fp)
+
+    def target_items(self) -> list[PlanItem]:
+        """The items an unfiltered arm uses: the first ``plan_counts()`` items of each class in plan order (the
+        whole plan unless ``plan.overgenerate`` > 1; then the items a plan without it would have)."""
+        items = self.plan_items()
+        if self.cfg.plan.overgenerate == 1:
+            return items
+        taken = take_per_class([it.labels[0] for it in items], np.ones(len(items), bool), self.plan_counts())
+        return [it for it, t in zip(items, taken) if t]
+
+    @cached_property
+    def synthetic_set_fp(self) -> str:
+        """What an arm trained on the unfiltered set depends on: the model, the sampling and its items."""
+        if self.cfg.plan.overgenerate == 1:
+            return self.generated_fp
+        return fingerprint(self._synthetic_parts, fingerprint([it.to_dict() for it in self.target_items()]))
 
     def synthetic(self) -> SyntheticStore:
         """Stage ``synthetic``: generates the planned images into the store (resumes after a crash).
@@ -300,10 +319,32 @@ class Experiment:
                 self._sample_grid(store, folder / "samples.png")
         return store
 
-    def synthetic_images(self) -> LabeledImages:
-        """The generated images of the current plan (a store may hold more, from a larger earlier plan)."""
-        ids = [it.item_id for it in self.plan_items()]
+    def synthetic_images(self, *, filtered: bool = False) -> LabeledImages:
+        """The generated images arms train on: with ``filtered`` and ``filters`` configured, the first target
+        count of images per class that every filter kept (see :meth:`filter_synthetic`); else the target items
+        of the plan, unfiltered (a store may hold more, from a larger earlier plan)."""
+        if filtered and self.cfg.filters:
+            from synthaug.filters.stage import selected_ids
+
+            ids = selected_ids(self)
+        else:
+            ids = [it.item_id for it in self.target_items()]
         return self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+
+    def filter_synthetic(self) -> dict:
+        """Stage ``filter``: every configured filter keeps or rejects every generated image (decisions in
+        ``filter/decisions.jsonl``; the store is not rewritten). Returns the stage record."""
+        from synthaug.filters.stage import run_filters
+
+        return run_filters(self)
+
+    def _generated_arm_fp(self, arm: ArmConfig) -> str:
+        """The synthetic images a generated arm trains on: filtered (by the filters' configs) or not."""
+        if arm.use_filters and self.cfg.filters:
+            from synthaug.filters.stage import filter_parts
+
+            return fingerprint(filter_parts(self))
+        return self.synthetic_set_fp
 
     @cached_property
     def pseudo_control(self) -> str | None:
@@ -354,7 +395,7 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------------ classifiers
     def _arm_parts(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
-        synthetic = {"none": None, "generated": lambda: self.synthetic_set_fp,
+        synthetic = {"none": None, "generated": lambda: self._generated_arm_fp(arm),
                      "pseudo": lambda: fingerprint(self._pseudo_parts())}[arm.synthetic]
         return {"data": self.data_fp, "train": self.cfg.arm_train(arm).model_dump(mode="json", exclude=PERFORMANCE),
                 "seed": seed, "synthetic": [arm.synthetic, synthetic() if synthetic else None]}
@@ -378,7 +419,7 @@ class Experiment:
         self._check(rel, self._arm_parts(arm, seed))  # before any stage of this run writes anything
         synthetic = None
         if arm.synthetic == "generated":
-            synthetic = self.synthetic_images()
+            synthetic = self.synthetic_images(filtered=arm.use_filters)
         elif arm.synthetic == "pseudo":
             synthetic = self.pseudo().load(mode=self.splits.train.mode)
         self.stats()
@@ -467,6 +508,8 @@ class Experiment:
                 continue
             for seed in self.cfg.seeds:
                 self.train_arm(arm, seed)
+        if self.cfg.filters and any(a.synthetic == "generated" and (only is None or only(a)) for a in self.cfg.arms):
+            self.filter_synthetic()  # done already when a filtered arm ran; else it records the decisions
         self.judge()
         from synthaug.evaluate.stages import run_evaluation
         from synthaug.report.html import write_html_report

@@ -81,6 +81,32 @@ def ratio_counts(real_counts: Sequence[int], ratio: float) -> np.ndarray:
     return np.rint(np.asarray(real_counts, dtype=np.float64) * ratio).astype(np.int64)
 
 
+def overgenerate_counts(counts: Sequence[int], factor: float) -> np.ndarray:
+    """ceil(factor × count) per class: the images to generate so that each class can still reach ``counts``
+    after filters reject some (``factor`` >= 1)."""
+    if factor < 1:
+        raise SettingError(f"plan.overgenerate must be >= 1, but got {factor=}.")
+    return np.ceil(np.asarray(counts, dtype=np.float64) * factor - 1e-9).astype(np.int64)
+
+
+def take_per_class(classes: Sequence[int], keep: Sequence[bool], targets: Sequence[int]) -> np.ndarray:
+    """A mask of the first ``targets[c]`` kept items of each class ``c``, in the given (plan) order.
+
+    Args:
+        classes: the class of every item.
+        keep: whether every item may be taken (e.g. what the filters kept).
+        targets: how many items each class takes at most.
+    """
+    classes, keep = np.asarray(classes, dtype=np.int64), np.asarray(keep, dtype=bool)
+    taken = np.zeros(len(classes), dtype=bool)
+    left = np.asarray(targets, dtype=np.int64).copy()
+    for i in np.flatnonzero(keep):
+        if left[classes[i]] > 0:
+            taken[i] = True
+            left[classes[i]] -= 1
+    return taken
+
+
 def make_items(
     schema: LabelSchema, counts: Sequence[int], *, seed: int, group: int = 0, prompts: Sequence[str] | None = None,
 ) -> list[PlanItem]:

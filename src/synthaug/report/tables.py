@@ -104,6 +104,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def filter_table(run_dir: Path) -> list[str]:
+    """Markdown lines: kept / rejected per class per filter (``filter/summary.json``), or none without filters."""
+    path = Path(run_dir) / "filter" / "summary.json"
+    if not path.is_file():
+        return []
+    summary = read_json(path)
+    cols = ["planned", *[f"rejected_{n}" for n in summary["filters"]], "kept", "selected", "target", "short"]
+    lines = ["", "Filters (images per class; arms with use_filters train on the selected ones):", "",
+             "| class | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {r['class']} | " + " | ".join(str(r[c]) for c in cols) + " |" for r in summary["classes"] if r["planned"]]
+    return lines
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Writes ``report/results.md``, ``results.csv``, ``summary.json`` and plots from the files of a run
     folder; returns the summary."""
@@ -132,6 +145,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         per_class = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in judge["synthetic_label_accuracy"].items())
         md += ["", f"Synthetic images recognised as their intended class by a classifier trained on the balanced "
                    f"real pool (test accuracy {100 * judge['judge_test_accuracy']:.1f}%): {per_class}."]
+    md += filter_table(run_dir)
     text = "\n".join(md) + "\n"
     (folder / "results.md").write_text(text)
     with open(folder / "results.csv", "w", newline="") as f:

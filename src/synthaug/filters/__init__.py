@@ -1,0 +1,11 @@
+"""Filters between generation and training: keep or reject every synthetic image with a reason and a score.
+
+Registered by name (:data:`FILTERS`): ``confidence`` (a real-only classifier trained on the training split),
+``clip-score`` (CLIP image–text similarity to the class prompt) and ``near-duplicate`` (memorised copies of
+real images, repeats of synthetic ones). Configs live in :mod:`synthaug.filters.config` (no torch); the
+experiment stage in :mod:`synthaug.filters.stage`.
+"""
+
+from synthaug.filters.config import FILTERS
+
+__all__ = ["FILTERS"]

@@ -1,0 +1,58 @@
+"""``confidence``: keep synthetic images whose intended class a real-only classifier believes.
+
+The classifier is a real-only arm of the experiment (``classifier_arm``, by default ``real-bsm``), trained on
+the long-tailed *training split* alone: never on the validation or test split nor on the balanced pool the
+judge and the oracle use. Balanced Softmax by default: a cross-entropy classifier trained on long-tailed
+data gives the tail classes low probabilities and would reject most tail images, the ones that matter.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from synthaug.data.schema import LabeledImages
+from synthaug.filters.base import Decision, Filter, lowest_per_class
+from synthaug.filters.config import FILTERS, ConfidenceFilterConfig
+from synthaug.utils import read_json
+
+
+@FILTERS.register("confidence")
+class ConfidenceFilter(Filter):
+    name = "confidence"
+    config: ConfidenceFilterConfig
+
+    def _arm(self, exp):
+        return exp.cfg.arm(self.config.classifier_arm), exp.cfg.seeds[0]
+
+    def scoring_inputs(self, exp) -> dict:
+        arm, seed = self._arm(exp)
+        return {"classifier": exp._arm_fp(arm, seed)}
+
+    def score(self, exp, images: LabeledImages, *, progress: bool = False) -> dict[str, np.ndarray]:
+        from synthaug.train import load_classifier, predict
+
+        arm, seed = self._arm(exp)
+        folder = exp.dir / exp.train_arm(arm, seed)["folder"] / "model"
+        model, _ = load_classifier(folder, exp.device)
+        size = read_json(folder / "classifier.json")["image_size"]
+        groups = images.schema.group_sizes
+        logits = predict(model, images, size, device=exp.device)[:, :groups[0]]
+        probs = torch.softmax(logits, dim=1).numpy()
+        intended = images.labels[:, 0]
+        return {"probability": probs[np.arange(len(images)), intended], "predicted": probs.argmax(1).astype(np.float64)}
+
+    def decide(self, scores: dict[str, np.ndarray], classes: np.ndarray, class_names: Sequence[str]) -> Decision:
+        p, predicted = scores["probability"], scores["predicted"].astype(np.int64)
+        c = self.config
+        if c.keep_top_percent is not None:
+            reject = lowest_per_class(p, classes, 1 - c.keep_top_percent / 100)
+            why = f"not in the top {c.keep_top_percent:g} % of its class"
+        else:
+            reject = p < c.min_probability
+            why = f"< {c.min_probability:g}"
+        reasons = [None if not r else f"p({class_names[k]}) = {p[i]:.3f} {why} (predicted {class_names[predicted[i]]})"
+                   for i, (r, k) in enumerate(zip(reject, classes))]
+        return Decision(~reject, p, reasons)
