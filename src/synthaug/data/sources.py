@@ -299,7 +299,8 @@ def load_imagefolder(
     found: dict[str, list[tuple[str, Path]]] = {}
     for split, base in layout:
         for cdir in sorted(p for p in base.iterdir() if p.is_dir()):
-            files = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            # not only regular files: a broken link or a FIFO named like an image is reported, not silently left out
+            files = sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
             if not files and split in ("", "train"):
                 raise DataError(f"Class folder {cdir} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             found.setdefault(cdir.name, []).extend((split, f) for f in files)
