@@ -270,3 +270,45 @@ def test_every_image_bad_under_skip_is_an_error(tmp_path):
     path = _csv(tmp_path, "image,label\n" + "".join(f"imgs/missing{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
     with pytest.raises(DataError, match=r"every image was skipped as bad \(4\)"):
         _load(path, on_bad_image="skip")
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _config(tmp_path, root, **extra):
+    import yaml
+
+    config = {"name": "bad", "output_dir": str(tmp_path / "runs"), "progress": False,
+              "data": {"source": "imagefolder", "root": str(root), "test_per_class": 2, "val_per_class": 1},
+              "generator": {"name": "test-noise", "params": {"size": 16}},
+              "plan": {"strategy": "fixed", "counts": {"owl": 2}}, **extra}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_replaced_image_file_is_a_changed_dataset(image_tree, tmp_path, caplog):
+    from noise_generator import NoiseGenerator  # noqa: F401  (registers "test-noise")
+    from synthaug.config import load_config
+    from synthaug.experiment import Experiment, StageMismatch
+
+    root = image_tree()
+    path = _config(tmp_path, root)
+    Experiment(load_config(path)).fit_generator()
+    run = tmp_path / "runs" / "bad"
+    first = (run / "data" / "done.json").read_text()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "dog" / "003.png")  # same name, other pixels
+    again = Experiment(load_config(path))
+    with pytest.raises(StageMismatch, match=r"Stage generator .* \(data changed\)"):
+        again.fit_generator()
+    again.stats()  # the data stage itself is redone, the old record kept aside
+    assert (run / "data" / "done.json").read_text() != first
+    assert any(p.name.startswith("data.stale-") for p in run.iterdir())
+
+
+def test_stats_command_validates_the_plan_before_writing(image_tree, tmp_path, capsys):
+    from synthaug.cli import main
+
+    path = _config(tmp_path, image_tree(), plan={"strategy": "fixed", "counts": {"emu": 3}})
+    assert main(["stats", str(path)]) == 2
+    assert "plan.counts names class(es) ['emu'] that the data does not have; its classes are ['cat', 'dog', " \
+           "'owl']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
