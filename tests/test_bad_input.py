@@ -312,3 +312,87 @@ def test_stats_command_validates_the_plan_before_writing(image_tree, tmp_path, c
     assert "plan.counts names class(es) ['emu'] that the data does not have; its classes are ['cat', 'dog', " \
            "'owl']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ diffusers pipelines
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    from tiny_sd import build_tiny_sd_pipeline
+
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipeline")
+
+
+def _load_pipeline(folder, pipeline="auto"):
+    import torch
+
+    from synthaug.generators.sd_common import load_pipeline
+
+    return load_pipeline(str(folder), device=torch.device("cpu"), pipeline=pipeline)
+
+
+def _broken_copy(src, tmp_path, break_it):
+    folder = shutil.copytree(src, tmp_path / "pipeline")
+    break_it(folder)
+    return folder
+
+
+@pytest.mark.parametrize("break_it, error, message", [
+    (lambda f: shutil.rmtree(f / "vae"), FileNotFoundError,
+     r"the pipeline folder .*pipeline has no vae/ sub-folder, but its model_index\.json lists the component 'vae' "
+     r"\(AutoencoderKL\)\. Copy the whole pipeline folder again"),
+    (lambda f: shutil.rmtree(f / "tokenizer"), FileNotFoundError,  # diffusers would load tokenizer=None
+     r"has no tokenizer/ sub-folder, but its model_index\.json lists the component 'tokenizer'"),
+    (lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").rename(f / "unet" / "diffusion_pytorch_model.bin"),
+     ValueError, r"component unet/ holds only pickle weights \['diffusion_pytorch_model\.bin'\], which synthaug does "
+                 r"not load"),
+    (lambda f: (f / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),
+     FileNotFoundError, r"diffusion_pytorch_model\.safetensors.*A weights file is damaged or not in safetensors format"),
+])
+def test_broken_pipeline_folder_names_the_component(tiny_sd, tmp_path, break_it, error, message):
+    folder = _broken_copy(tiny_sd, tmp_path, break_it)
+    with pytest.raises(error, match=message):
+        _load_pipeline(folder)
+
+
+def test_truncated_safetensors_in_pipeline_is_named(tiny_sd, tmp_path):
+    def truncate(folder):
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+
+    with pytest.raises(FileNotFoundError, match=r"unet/diffusion_pytorch_model\.safetensors.*damaged"):
+        _load_pipeline(_broken_copy(tiny_sd, tmp_path, truncate))
+
+
+def test_offline_hub_id_error_does_not_advise_what_is_set(monkeypatch):
+    import torch
+    from huggingface_hub import constants
+
+    from synthaug.generators.sd_common import load_pipeline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError) as e:
+        load_pipeline("synthaug-tests/not-a-model", device=torch.device("cpu"))
+    msg = str(e.value)
+    assert "since HF_HUB_OFFLINE=1 is set, only the local Hugging Face cache" in msg and "no hub look-up" in msg
+    assert "set HF_HUB_OFFLINE" not in msg and "then on the Hub" not in msg
+    assert "hf download synthaug-tests/not-a-model" in msg
+
+
+def test_unclip_wrong_path_suggests_an_unclip_checkpoint(tmp_path):
+    from synthaug.generators.sd_common import resolve_checkpoint
+
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_checkpoint(str(tmp_path / "nope"), pipeline="StableUnCLIPImg2ImgPipeline")
+    msg = str(e.value)
+    assert "stable-diffusion-v1-5" not in msg and "'stabilityai/stable-diffusion-2-1-unclip-small'" in msg
+    assert "image_encoder/, image_noising_scheduler/, image_normalizer/" in msg
+
+
+def test_unclip_pipeline_without_image_encoder_is_named(tmp_path):
+    from tiny_unclip import build_tiny_unclip_pipeline
+
+    folder = build_tiny_unclip_pipeline(tmp_path / "unclip")
+    shutil.rmtree(folder / "image_encoder")
+    with pytest.raises(FileNotFoundError, match=r"has no image_encoder/ sub-folder, but its model_index\.json lists "
+                                                r"the component 'image_encoder' \(CLIPVisionModelWithProjection\)"):
+        _load_pipeline(folder, "StableUnCLIPImg2ImgPipeline")
