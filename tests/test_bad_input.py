@@ -396,3 +396,94 @@ def test_unclip_pipeline_without_image_encoder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"has no image_encoder/ sub-folder, but its model_index\.json lists "
                                                 r"the component 'image_encoder' \(CLIPVisionModelWithProjection\)"):
         _load_pipeline(folder, "StableUnCLIPImg2ImgPipeline")
+
+
+# ------------------------------------------------------------------------------------------ checkpoint files
+class _Payload:  # a pickle that would run code if unpickled without weights_only
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _pickle_bomb(path):
+    import torch
+
+    torch.save({"state": _Payload()}, path)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: max(8, path.stat().st_size // 3)])
+
+
+@pytest.fixture(scope="module")
+def ddpm_model(tmp_path_factory):
+    from synthaug.generators import create_generator
+
+    digits = load_source("digits").train
+    workdir = tmp_path_factory.mktemp("ddpm")
+    g = create_generator("ddpm", {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+                                  "batch_size": 8, "train_steps": 1, "precision": "fp32"}, digits.schema,
+                         workdir=workdir)
+    g.fit(digits)
+    return workdir / "model", digits.schema
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda m: (m / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+     or _pickle_bomb(m / "unet" / "diffusion_pytorch_model.bin"),
+     r"unet: cannot be read as a checkpoint \(OSError: .*diffusion_pytorch_model\.safetensors"),
+    (lambda m: _truncate(m / "unet" / "diffusion_pytorch_model.safetensors"), r"unet: cannot be read as a checkpoint"),
+    (lambda m: (m / "synthaug.json").write_text('{"generator": "ddpm", '), r"synthaug\.json: cannot be read as a "
+                                                                            r"checkpoint \(JSONDecodeError"),
+])
+def test_damaged_or_pickled_ddpm_checkpoint_is_named(ddpm_model, tmp_path, break_it, message):
+    from synthaug.generators import create_generator
+    from synthaug.generators.checkpoints import CheckpointError
+
+    model, schema = ddpm_model
+    broken = shutil.copytree(model, tmp_path / "model")
+    break_it(broken)
+    g = create_generator("ddpm", {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+                                  "checkpoint": str(broken), "precision": "fp32"}, schema, workdir=tmp_path / "w")
+    with pytest.raises(CheckpointError, match=message) as e:
+        g.check_loadable()
+    assert str(broken) in str(e.value) and "unset generator.params.checkpoint" in str(e.value)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (_pickle_bomb, r"cannot be read as a checkpoint \(UnpicklingError: Weights only load failed"),
+    (_truncate, r"cannot be read as a checkpoint"),
+])
+def test_rejected_resume_state_is_named_with_the_fix(tmp_path, capfd, break_it, message):
+    import torch
+
+    from synthaug.generators.checkpoints import CheckpointError, StepCheckpoints
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    ckpts = StepCheckpoints(tmp_path / "checkpoints")
+    last = ckpts.save(4, lambda folder: None, opt, sched)
+    break_it(last / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=message) as e:
+        ckpts.restore(opt, sched)
+    assert f"{last}: cannot be read" in str(e.value) and f"delete {last} to resume from the checkpoint before" in \
+        str(e.value)
+    assert "pwned" not in capfd.readouterr().out  # the pickle was never run
+
+
+def test_truncated_classifier_resume_checkpoint_is_named(tmp_path):
+    import torch
+
+    from synthaug.generators.checkpoints import CheckpointError
+    from synthaug.train import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    checkpoint.save(tmp_path / "ckpt", model, {"epoch": 1}, [])
+    _truncate(tmp_path / "ckpt" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"ckpt: cannot be read as a checkpoint \(SafetensorError.*delete .*ckpt "
+                                              r"to train this arm from its first epoch"):
+        checkpoint.load(tmp_path / "ckpt", torch.nn.Linear(2, 2))
+    checkpoint.save(tmp_path / "ckpt", model, {"epoch": 1}, [])
+    _pickle_bomb(tmp_path / "ckpt" / "trainer.pt")
+    with pytest.raises(CheckpointError, match=r"UnpicklingError"):
+        checkpoint.load(tmp_path / "ckpt", torch.nn.Linear(2, 2))
