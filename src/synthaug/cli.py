@@ -43,6 +43,7 @@ def _experiment(args):
 
 def cmd_stats(args) -> None:
     exp = _experiment(args)
+    exp.plan_items()  # a plan that cannot work (an unknown class, ...) is named before anything is written
     stats = exp.stats()
     print(stats.format())
     print(f"\nBar chart: {exp.dir / 'data' / 'class_counts.png'}")

@@ -5,7 +5,7 @@ A finished stage is skipped on re-run; an interrupted one resumes (generator che
 per-epoch classifier checkpoints). Each stage's fingerprint covers exactly what it depends on, in named
 parts (see :meth:`Experiment._stage`):
 
-- ``data``: the data fields and the resolved data (image ids and labels), not reporting thresholds (``shots``);
+- ``data``: the data fields and the resolved data (image ids, labels, file sizes and mtimes), not ``shots``;
 - ``generator``: the data and the generator's *training* fields (``GeneratorConfig.training_part``);
 - ``synthetic``: the trained model and the *sampling* fields; the plan is recorded beside it, so a plan that
   grows reuses every image already made;
@@ -133,7 +133,8 @@ class Experiment:
     @cached_property
     def data_fp(self) -> str:
         """The data fields (not the reporting thresholds), the seed, and the resolved data itself: every
-        image id and label of every split, so a relabelled manifest is a changed dataset."""
+        image id and label of every split, and each image file's size and modification time (no content
+        hashing), so a relabelled manifest or a replaced image is a changed dataset."""
         return fingerprint(self._data_parts)
 
     @cached_property
@@ -142,8 +143,11 @@ class Experiment:
         for split in ("train", "val", "test"):
             images = getattr(self.splits, split)
             content.update(f"{split}:{len(images)}\n".encode())
-            for image_id, label in zip(images.ids, images.labels.tolist()):
-                content.update(f"{image_id}\t{label}\n".encode())
+            files = images.paths or [None] * len(images)  # a file replaced under the same name: its size/mtime
+            for image_id, label, path in zip(images.ids, images.labels.tolist(), files):
+                st = None if path is None else path.stat()
+                stamp = "" if st is None else f"\t{st.st_size}\t{st.st_mtime_ns}"
+                content.update(f"{image_id}\t{label}{stamp}\n".encode())
         return {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed,
                 "content": content.hexdigest()}
 
@@ -265,6 +269,10 @@ class Experiment:
         if p.strategy == "ratio":
             return ratio_counts(real, p.ratio)
         group = schema.groups[0]
+        unknown = [str(k) for k in p.counts if str(k) not in group.classes]
+        if unknown:
+            raise SettingError(f"plan.counts names class(es) {unknown} that the data does not have; its classes are "
+                               f"{list(group.classes)[:20]}{' ...' if len(group.classes) > 20 else ''}. Fix the names.")
         return fixed_counts(len(group.classes), {group.index(str(k)): v for k, v in p.counts.items()})
 
     @cached_property

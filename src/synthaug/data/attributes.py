@@ -19,13 +19,15 @@ Without class names, groups are called ``attr1`` … ``attrG`` and classes ``0``
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from synthaug.data.schema import LabelSchema
-from synthaug.data.sources import DataError, DataSplits, OnBad, _finish, register_source
+from synthaug.data.sources import DataError, DataSplits, OnBad, _finish, read_text, register_source
 
 SPLITS = ("train", "val", "test")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
@@ -41,7 +43,7 @@ def read_class_names(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise DataError(f"Class-names file {path} not found.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text(path, "class-names file"))
     except yaml.YAMLError as e:
         raise DataError(f"{path} is not valid YAML/JSON: {e}") from None
     if not isinstance(raw, dict) or not raw:
@@ -60,10 +62,34 @@ def _lists_dir(root: Path) -> Path:
     return root / "split" if (root / "split" / "train.txt").is_file() else root
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines with their 1-based line numbers."""
-    with open(path) as f:
-        return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based line numbers (UTF-8; else an error naming the line)."""
+    return [(n, line.strip()) for n, line in enumerate(read_text(path, what).split("\n"), 1) if line.strip()]
+
+
+def _group_count(files: dict[Path, list[tuple[int, str]]]) -> int:
+    """Without declared classes, the number of groups is the number of values most attribute lines have (not
+    the first line's, so that a short first line is the one blamed)."""
+    counts = Counter(len(text.split()) for lines in files.values() for _, text in lines)
+    return counts.most_common(1)[0][0] if counts else 0
+
+
+def _check_inferred_indices(schema: LabelSchema, labels: list[list[int]], splits: list[str],
+                            where: list[str]) -> None:
+    """Without class names, classes are 0 … the largest index; a large index that is a typo would make many
+    classes with no training image. Names the index, its line, and the fix."""
+    arr = np.asarray(labels, dtype=np.int64)
+    train = arr[np.asarray(splits) == "train"]
+    for g, group in enumerate(schema.groups):
+        empty = sorted(set(range(len(group.classes))) - set(train[:, g].tolist()))
+        if not empty:
+            continue
+        top = int(arr[:, g].max())
+        line = where[int(np.flatnonzero(arr[:, g] == top)[0])]
+        raise DataError(
+            f"{line}: index {top} for group {group.name!r} makes classes 0..{top}, but {len(empty)} of them have no "
+            f"training image ({', '.join(map(str, empty[:8]))}{', ...' if len(empty) > 8 else ''}). If {top} is a "
+            "typo, fix that line; otherwise declare the class names (classes.yaml or data.classes).")
 
 
 def _parse_attr_line(path: Path, lineno: int, line: str, names: Sequence[str], sizes: Sequence[int] | None
@@ -125,7 +151,7 @@ def load_attribute_lists(
     sizes = None if schema is None else schema.group_sizes
     names = None if schema is None else [g.name for g in schema.groups]
 
-    labels, paths, ids, where, splits = [], [], [], [], []
+    files = {}
     for split in SPLITS:
         list_path, attr_path = lists / f"{split}.txt", lists / f"{split}_attr.txt"
         if not list_path.is_file() and split == "val":
@@ -134,22 +160,30 @@ def load_attribute_lists(
             if not p.is_file():
                 raise DataError(f"{p} not found; the attribute layout needs {split}.txt and {split}_attr.txt "
                                 f"in {lists}.")
-        images, attrs = _read_lines(list_path), _read_lines(attr_path)
+        files[split] = (list_path, _read_lines(list_path, "image list"), attr_path,
+                        _read_lines(attr_path, "attribute file"))
+    if names is None:  # no declared classes: the number of values most lines have fixes the number of groups
+        names = [f"attr{g + 1}" for g in range(_group_count({v[2]: v[3] for v in files.values()}))]
+
+    labels, paths, ids, where, splits, label_lines = [], [], [], [], [], []
+    for split, (list_path, images, attr_path, attrs) in files.items():
         if len(images) != len(attrs):
             raise DataError(f"{list_path} lists {len(images)} images but {attr_path} has {len(attrs)} attribute "
                             "lines; they must match line for line.")
         for (img_line, rel), (attr_line, text) in zip(images, attrs):
-            if names is None:  # no declared classes: the first line fixes the number of groups
-                names = [f"attr{g + 1}" for g in range(len(text.split()))]
             vec = _parse_attr_line(attr_path, attr_line, text, names, sizes)
             labels.append(vec)
             paths.append(Path(rel) if Path(rel).is_absolute() else root / rel)
             ids.append(rel)
             where.append(f"{list_path.name} line {img_line}")
+            label_lines.append(f"{attr_path} line {attr_line}")
             splits.append(split)
+    if not labels:
+        raise DataError(f"The image lists in {lists} are empty; the dataset has no images.")
     if schema is None:
         top = [max(v[g] for v in labels) + 1 for g in range(len(names))]
         schema = LabelSchema.from_dict({n: [str(c) for c in range(k)] for n, k in zip(names, top)})
+        _check_inferred_indices(schema, labels, splits, label_lines)
     # every image has an explicit split, so _finish carves nothing (its per-class hold-out sizes are unused)
     return _finish(schema, labels, paths, ids, where, splits, mode=mode, on_bad_image=on_bad_image,
                    origin=str(root), test_per_class=1, val_per_class=0, split_seed=0)

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from synthaug.data.images import convert_image, open_image
 from synthaug.errors import SettingError
 
 
@@ -110,10 +112,11 @@ class LabeledImages:
         return len(self.ids)
 
     def image(self, i: int) -> Image.Image:
+        """Image ``i`` in :attr:`mode` (files decoded upright, 16-bit and transparent ones converted; see
+        :mod:`synthaug.data.images`)."""
         if self.pixels is not None:
-            return Image.fromarray(self.pixels[i]).convert(self.mode)
-        with Image.open(self.paths[i]) as im:
-            return im.convert(self.mode)
+            return convert_image(Image.fromarray(self.pixels[i]), self.mode)
+        return open_image(self.paths[i], self.mode)
 
     @property
     def channels(self) -> int:

@@ -8,6 +8,7 @@ class-balanced test and validation split; user data either brings its own splits
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ import inspect
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from synthaug.data.images import decode_problem
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.registry import Registry
 from synthaug.errors import DataError, SettingError  # noqa: F401  (DataError re-exported)
@@ -122,34 +123,28 @@ def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed
 
 
 def check_images(
-    paths: Sequence[Path], where: Sequence[str], *, on_bad_image: OnBad
+    paths: Sequence[Path], where: Sequence[str], *, on_bad_image: OnBad, mode: str = "RGB"
 ) -> tuple[list[int], list[str]]:
-    """Opens and decodes every image.
+    """Opens and decodes every image as training will (:func:`synthaug.data.images.open_image`).
 
     Args:
         paths: image files.
         where: for each path, where it came from ("labels.csv line 12"), used in messages.
         on_bad_image: "error" raises at the first bad image; "skip" drops it and reports it.
+        mode: the PIL mode images are converted to.
 
     Returns:
         (indices of good images, descriptions of skipped ones).
 
     Raises:
-        DataError: naming the file and where it came from, when ``on_bad_image="error"``.
+        DataError: naming the file, where it came from and what is wrong, when ``on_bad_image="error"``: a
+            missing file, a broken link, a folder, a FIFO or device, a corrupt image, a decompression bomb.
     """
     if on_bad_image not in ("error", "skip"):
         raise SettingError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
     good, skipped = [], []
     for i, (path, src) in enumerate(zip(paths, where)):
-        problem = None
-        if not path.is_file():
-            problem = "file not found"
-        else:
-            try:
-                with Image.open(path) as im:
-                    im.load()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                problem = f"unreadable or corrupt image ({type(e).__name__}: {e})"
+        problem = decode_problem(path, mode)
         if problem is None:
             good.append(i)
             continue
@@ -174,15 +169,71 @@ def _natural_key(s: str):
     return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
 
 
-def _check_no_empty_class(schema: LabelSchema, labels: np.ndarray, where: str) -> None:
+def _some(items: Sequence, k: int = 8) -> str:
+    """A readable list of at most ``k`` items, with the total when there are more."""
+    items = list(items)
+    shown = ", ".join(map(str, items[:k]))
+    return shown if len(items) <= k else f"{shown}, ... ({len(items)} in all)"
+
+
+def _lines_with(labels: np.ndarray, group: int, cls: int, where: Sequence[str], k: int = 3) -> str:
+    """Where the images of one class come from ("labels.csv line 7, ..."), for messages."""
+    return _some([where[i] for i in np.flatnonzero(labels[:, group] == cls)], k)
+
+
+def _check_no_empty_class(schema: LabelSchema, labels: np.ndarray, where_split: str, all_labels: np.ndarray,
+                          where: Sequence[str]) -> None:
+    """Every class has an image in ``labels``; else names the classes, and where their images are if elsewhere
+    (a typo'd label in the test split makes a class with no training images)."""
     for gi, g in enumerate(schema.groups):
         counts = np.bincount(labels[:, gi], minlength=len(g.classes)) if len(labels) else np.zeros(len(g.classes))
-        empty = [g.classes[c] for c in np.flatnonzero(counts == 0)]
-        if empty:
-            raise DataError(
-                f"{where}: class(es) {empty} of group {g.name!r} have no images. Add images, or remove the "
-                "class from the declared classes."
-            )
+        empty = np.flatnonzero(counts == 0)
+        if not len(empty):
+            continue
+        seen = [f"{g.classes[c]!r} ({_lines_with(all_labels, gi, c, where)})" for c in empty
+                if (all_labels[:, gi] == c).any()]
+        elsewhere = f" Found only in other splits: {_some(seen, 4)}; check those labels." if seen else ""
+        raise DataError(
+            f"{where_split}: class(es) [{_some([repr(g.classes[c]) for c in empty])}] of group {g.name!r} have no "
+            f"images.{elsewhere} Add images, or remove the class from the "
+            "declared classes (data.classes).")
+
+
+def _check_distinct(paths: Sequence[Path], where: Sequence[str], splits: Sequence[str], origin: str) -> None:
+    """Each image file is listed once: twice would count it twice, and in two splits leak test into train."""
+    first: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        j = first.setdefault(p.resolve(), i)
+        if j == i:
+            continue
+        if splits[i] != splits[j]:
+            why = (f"in split {splits[j]!r} and in split {splits[i]!r}: evaluation would test on an image the "
+                   "classifier trained on")
+        else:
+            why = "it would be counted twice"
+        raise DataError(f"{origin}: image {p} is listed twice, {where[j]} and {where[i]} ({why}). List each image "
+                        "once.")
+
+
+def _check_enough_per_class(schema: LabelSchema, labels: np.ndarray, where: Sequence[str], origin: str,
+                            per_class: Sequence[int]) -> None:
+    """Each class has more images than the class-balanced hold-out takes; names the class and its lines."""
+    g = schema.groups[0]
+    counts = np.bincount(labels[:, 0], minlength=len(g.classes))
+    few = [c for c in range(len(g.classes)) if counts[c] <= sum(per_class)]
+    if few:
+        listed = _some([f"{g.classes[c]!r}: {counts[c]} ({_lines_with(labels, 0, c, where)})" for c in few], 4)
+        raise DataError(
+            f"{origin}: class(es) with too few images to hold out {per_class[0]} test + {per_class[1]} validation "
+            f"images each and keep some for training: {listed}. A label that is a typo: fix its line (or declare "
+            "data.classes, so unknown labels are named); otherwise lower data.test_per_class / val_per_class.")
+
+
+def _check_classes_to_learn(schema: LabelSchema, origin: str) -> None:
+    for g in schema.groups:
+        if len(g.classes) < 2:
+            raise DataError(f"{origin}: label group {g.name!r} has a single class {list(g.classes)}; a classifier "
+                            "needs at least two classes to tell apart. Add images of other classes.")
 
 
 def _finish(
@@ -190,25 +241,33 @@ def _finish(
     splits: list[str], *, mode: str, on_bad_image: OnBad, origin: str,
     test_per_class: int, val_per_class: int, split_seed: int, captions: list[str] | None = None,
 ) -> DataSplits:
-    good, skipped = check_images(paths, where, on_bad_image=on_bad_image)
+    if not paths:
+        raise DataError(f"{origin}: no images; the dataset is empty.")
+    _check_classes_to_learn(schema, origin)
+    _check_distinct(paths, where, splits, origin)
+    good, skipped = check_images(paths, where, on_bad_image=on_bad_image, mode=mode)
+    if not good:
+        raise DataError(f"{origin}: every image was skipped as bad ({len(skipped)}); nothing is left to use.")
     captions = None if captions is None else [captions[i] for i in good]
     lab = np.asarray(labels, dtype=np.int64).reshape(len(paths), len(schema.groups))[good]
     paths = [paths[i] for i in good]
     ids = [ids[i] for i in good]
     splits = [splits[i] for i in good]
+    where = [where[i] for i in good]
     full = LabeledImages(schema, lab, ids, paths=paths, mode=mode, origin=origin, captions=captions)
     split_arr = np.asarray(splits)
     if (split_arr == "").all():
         if not schema.is_single_label:
             raise DataError(f"{origin}: multi-attribute data needs explicit train/val/test splits.")
-        _check_no_empty_class(schema, lab, origin)
+        _check_no_empty_class(schema, lab, origin, lab, where)
+        _check_enough_per_class(schema, lab, where, origin, (test_per_class, val_per_class))
         (test_idx, val_idx), train_idx = balanced_holdout(lab[:, 0], (test_per_class, val_per_class), seed=split_seed)
     else:
         unknown = sorted(set(split_arr) - {"train", "val", "test"})
         if unknown:
             raise DataError(f"{origin}: unknown split name(s) {unknown}; use train, val or test.")
         train_idx, val_idx, test_idx = (np.flatnonzero(split_arr == s) for s in ("train", "val", "test"))
-        _check_no_empty_class(schema, lab[train_idx], f"{origin} (train split)")
+        _check_no_empty_class(schema, lab[train_idx], f"{origin} (train split)", lab, where)
     full.skipped = skipped
     out = DataSplits(full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))
     return out
@@ -240,7 +299,8 @@ def load_imagefolder(
     found: dict[str, list[tuple[str, Path]]] = {}
     for split, base in layout:
         for cdir in sorted(p for p in base.iterdir() if p.is_dir()):
-            files = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            # not only regular files: a broken link or a FIFO named like an image is reported, not silently left out
+            files = sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
             if not files and split in ("", "train"):
                 raise DataError(f"Class folder {cdir} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
             found.setdefault(cdir.name, []).extend((split, f) for f in files)
@@ -263,30 +323,97 @@ def load_imagefolder(
                    split_seed=split_seed)
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped), or a :class:`DataError` naming the line
+    and column of the first byte that is not UTF-8 and how to convert the file."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        column = len(data[line_start:e.start].decode("utf-8", errors="replace")) + 1
+        raise DataError(
+            f"{path} line {line}, column {column}: byte 0x{data[e.start]:02x} is not UTF-8 text; the {what} must be "
+            f"UTF-8. Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`, with "
+            "the encoding it was written in).") from None
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key(s) {repeated} appear twice in one object")
+    return dict(pairs)
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {lineno}, column {e.colno}: not valid JSON ({e.msg}).") from None
+        except ValueError as e:
+            raise DataError(f"{path} line {lineno}: {e}; keep one of them.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}.")
+        rows.append((lineno, row))
+    return rows
+
+
+def _read_csv(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
+    """Rows as ``{column: cell}`` with the line each starts on; a repeated header column or a line with more or
+    fewer cells than the header is an error naming the line (a quoted cell may span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"Manifest {path} is empty; expected a header line (e.g. image{delimiter}label).")
+        for k, name in enumerate(header):
+            if name in header[:k]:
+                raise DataError(f"{path} line 1: column {name!r} appears twice in the header (columns "
+                                f"{header.index(name) + 1} and {k + 1}); the second would silently replace the first. "
+                                "Rename or remove one.")
+        rows, line = [], reader.line_num + 1
+        for cells in reader:
+            start, line = line, reader.line_num + 1
+            if not cells:  # a blank line
+                continue
+            if len(cells) != len(header):
+                if len(cells) > len(header):
+                    what = f"extra cell(s) {cells[len(header):]}"
+                    fix = f"quote a value that contains {delimiter!r} (\"a{delimiter}b\") or remove the extra cells"
+                else:
+                    what = f"no cell for column(s) {header[len(cells):]}"
+                    fix = "add the missing cells (leave a cell empty between delimiters if it has no value)"
+                raise DataError(f"{path} line {start}: {len(cells)} cells, but the header (line 1) has {len(header)} "
+                                f"columns {header}: {what}. Fix the line: {fix}.")
+            rows.append((start, dict(zip(header, cells))))
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({e}).") from None
+    return rows
+
+
 def read_manifest_rows(path: Path) -> list[tuple[int, dict]]:
-    """Rows of a CSV (header line) or JSONL manifest, each with its 1-based line number."""
+    """Rows of a CSV/TSV (header line) or JSONL manifest, each with its 1-based line number.
+
+    Raises:
+        DataError: naming the file and line: not UTF-8 (a byte-order mark is fine), a repeated header column, a
+            line with more or fewer cells than the header, invalid JSON or a repeated key, no rows.
+    """
     if not path.is_file():
         raise DataError(f"Manifest {path} not found (data.manifest).")
-    rows = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg}).") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}.")
-                rows.append((lineno, row))
-    elif path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            for row in reader:
-                rows.append((reader.line_num, row))
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".csv", ".tsv"):
         raise DataError(f"Manifest {path}: unsupported extension {path.suffix!r}; use .csv, .tsv or .jsonl.")
+    text = read_text(path, "manifest")
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _read_jsonl(path, text)
+    else:
+        rows = _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
     if not rows:
         raise DataError(f"Manifest {path} has no rows.")
     return rows
@@ -314,8 +441,15 @@ def load_manifest(
     label_columns = list(label_columns)
     if isinstance(classes, (list, tuple)):
         classes = {label_columns[0]: classes}
+    needed = {image_column: "data.image_column", **{c: "data.label_columns" for c in label_columns},
+              **({caption_column: "data.caption_column"} if caption_column else {})}
+    columns = list(dict.fromkeys(k for _, row in rows for k in row))
+    absent = [f"{c!r} ({field})" for c, field in needed.items() if c not in columns]
+    if absent:
+        hint = " (is the file separated by ';' or tabs? use .tsv for tabs)" if len(columns) == 1 else ""
+        raise DataError(f"{path}: no column {', '.join(absent)}; its columns are {columns}{hint}. Rename the "
+                        "column or set the field to one of them.")
     for lineno, row in rows:
-        needed = [image_column, *label_columns, *([caption_column] if caption_column else [])]
         missing = [c for c in needed if c not in row or row[c] in (None, "")]
         if missing:
             raise DataError(f"{path} line {lineno}: missing value for column(s) {missing}.")

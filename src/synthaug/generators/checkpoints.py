@@ -15,18 +15,46 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from synthaug.data.schema import LabelSchema
-from synthaug.errors import MissingFileError, SettingError
+from synthaug.errors import MissingFileError, SettingError, UserError
 from synthaug.utils import read_json
 
 MODEL_INFO = "synthaug.json"  # written last into a model folder: what made it (generator, schema, training)
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError, ValueError):
+    """A weights or training-state file that cannot be read: damaged, truncated, another format, or a pickle
+    that ``weights_only`` loading refuses. The message names the file and what to do."""
+
+
+# what reading a damaged or foreign file raises: safetensors' own error, torch.load's refusal of a pickle
+# (UnpicklingError) or of a truncated zip (RuntimeError), diffusers' OSError, a JSON error (a ValueError), ...
+_READ_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError)
+
+
+@contextmanager
+def reading(path: Path, *, fix: str) -> Iterator[None]:
+    """Turns a failure to read the checkpoint file(s) at ``path`` into a :class:`CheckpointError` naming the path,
+    what went wrong (first line of the library's message) and ``fix``. Errors that already name what is
+    wrong (:class:`UserError`) pass through."""
+    try:
+        yield
+    except UserError:
+        raise
+    except _READ_ERRORS as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {first}). Only "
+                              f"safetensors weights and weights-only state files are loaded; {fix}") from None
 
 
 class StepCheckpoints:
@@ -68,14 +96,21 @@ class StepCheckpoints:
         if not complete:
             return None
         last = complete[-1]
-        state = torch.load(last / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        if scaler is not None and "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
-        step = json.loads((last / "state.json").read_text())["step"]
+        with self.reading(last):
+            state = torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu")
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["lr_schedule"])
+            if scaler is not None and "grad_scaler" in state:
+                scaler.load_state_dict(state["grad_scaler"])
+            step = json.loads((last / "state.json").read_text())["step"]
         log.info("Resuming training from %s (step %d).", last, step)
         return last, step
+
+    def reading(self, last: Path):
+        """Context for reading checkpoint ``last``: a damaged file is a :class:`CheckpointError` saying to delete
+        it (training then resumes from the checkpoint before, or starts over)."""
+        return reading(last, fix=f"delete {last} to resume from the checkpoint before it (or {self.folder} to "
+                                 "start training over).")
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -144,7 +179,11 @@ def check_model_info(folder: Path, schema: LabelSchema, *, generator: str, field
         raise MissingFileError(f"{field}={str(folder)!r} holds no {MODEL_INFO}, so it is not a model a "
                                f"{generator} fit wrote (nothing tells which classes it was trained on). Give "
                                f"the `model` folder of an earlier {generator} run's workdir.")
-    info = read_json(path)
+    with reading(path, fix=f"give the `model` folder of a complete {generator} run, or unset {field} to train."):
+        info = read_json(path)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: expected a JSON object written by a {generator} fit, got "
+                              f"{type(info).__name__}; give the `model` folder of a complete {generator} run.")
     if info.get("generator") != generator:
         raise SettingError(f"{field}={str(folder)!r} was written by generator {info.get('generator')!r}, "
                            f"not {generator!r}; give a {generator} model folder.")

@@ -29,7 +29,7 @@ from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import DDPMConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.checkpoints import (
-    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, recover_model_dir,
+    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, reading, recover_model_dir,
 )
 from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
@@ -192,9 +192,10 @@ class DDPMGenerator(Generator):
         if found is None:
             return 0
         last, step = found
-        unet.load_state_dict(UNet2DModel.from_pretrained(last / "unet").state_dict())
-        if ema is not None and (last / "ema").exists():
-            ema.load_state_dict(EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel).state_dict())
+        with self._checkpoints.reading(last):
+            unet.load_state_dict(UNet2DModel.from_pretrained(last / "unet", use_safetensors=True).state_dict())
+            if ema is not None and (last / "ema").exists():
+                ema.load_state_dict(EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel).state_dict())
         return step
 
     def _save_final(self, unet, ema) -> None:
@@ -231,7 +232,10 @@ class DDPMGenerator(Generator):
                 raise MissingFileError(f"No trained ddpm model for these training settings in {self.model_dir} "
                                        f"(looked for unet/ and {MODEL_INFO}); run fit first or set "
                                        "generator.params.checkpoint to a trained model.")
-            unet = UNet2DModel.from_pretrained(self.model_dir / "unet").to(self.device).eval()
+            with reading(self.model_dir / "unet", fix="give the `model` folder of a complete ddpm run (copy it "
+                         "again if it was damaged), or unset generator.params.checkpoint to train."):
+                unet = UNet2DModel.from_pretrained(self.model_dir / "unet", use_safetensors=True)
+            unet = unet.to(self.device).eval()
             if self.config.channels_last:
                 unet.to(memory_format=torch.channels_last)
             self._unet = unet

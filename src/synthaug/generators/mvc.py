@@ -452,7 +452,8 @@ class MVCGenerator(Generator):
         if found is None:
             return 0
         last, step = found
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(last / "unet").state_dict())
+        with self._checkpoints.reading(last):
+            unet.load_state_dict(UNet2DConditionModel.from_pretrained(last / "unet", use_safetensors=True).state_dict())
         return step
 
     def _save_final(self, base: DiffusionPipeline, unet: UNet2DConditionModel) -> None:

@@ -39,23 +39,33 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddpm": (DDPMScheduler, {}),
 }
 
+# a hub id to show in messages, by pipeline class: never suggest a text-to-image model for an unCLIP slot
+_HUB_EXAMPLES = {None: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                 "StableUnCLIPImg2ImgPipeline": "stabilityai/stable-diffusion-2-1-unclip-small"}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-_OFFLINE_HINT = (
-    "To use a hub checkpoint offline, download it once on a machine with network (`hf download {id}`, or "
-    "DiffusionPipeline.from_pretrained('{id}').save_pretrained('<folder>')), then either point {field} at "
-    "that folder or keep the hub id and set HF_HUB_OFFLINE=1 (or {params}.local_files_only: true) so the "
-    "cached copy in HF_HOME is used."
-)
 
 
-def resolve_checkpoint(model: str, *, field: str = "generator.params.model") -> tuple[str, bool]:
+def _expected_layout(pipeline: str | type | None) -> str:
+    """The sub-folders a pipeline of that class has, for messages ("" when the class is not fixed)."""
+    cls = getattr(diffusers, pipeline, None) if isinstance(pipeline, str) else pipeline
+    if not isinstance(cls, type) or not issubclass(cls, DiffusionPipeline):
+        return ""
+    required = [k for k in cls._get_signature_keys(cls)[0] if k not in cls._optional_components]
+    return f" (a {cls.__name__} folder holds model_index.json and {', '.join(f'{k}/' for k in required)})"
+
+
+def resolve_checkpoint(model: str, *, field: str = "generator.params.model",
+                       pipeline: str | type | None = None) -> tuple[str, bool]:
     """Decides whether ``model`` names a local pipeline folder or a hub id.
 
     Args:
         model: a folder saved with ``save_pretrained`` (holding ``model_index.json``) or a hub id
             ("stable-diffusion-v1-5/stable-diffusion-v1-5").
         field: the config field, for error messages.
+        pipeline: the pipeline class (name) it must be, if fixed: messages then give its folder layout and a
+            hub id of that kind.
 
     Returns:
         ``(path_or_id, is_local)``.
@@ -80,9 +90,45 @@ def resolve_checkpoint(model: str, *, field: str = "generator.params.model") -> 
     if looks_like_path:
         raise MissingFileError(
             f"{field}={model!r}: no such folder (resolved to {path.resolve()}). Give the folder of a "
-            "pipeline saved with `save_pretrained` (it holds model_index.json), or a hub id such as "
-            "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
+            f"pipeline saved with `save_pretrained`{_expected_layout(pipeline) or ' (it holds model_index.json)'}, "
+            f"or a hub id such as {_HUB_EXAMPLES.get(_class_name(pipeline), _HUB_EXAMPLES[None])!r}.")
     return model, False
+
+
+def _class_name(pipeline: str | type | None) -> str | None:
+    return pipeline.__name__ if isinstance(pipeline, type) else pipeline
+
+
+def check_components(folder: Path, *, field: str, model: str, skip: set[str] = frozenset()) -> None:
+    """Every component ``model_index.json`` lists has its sub-folder, and model components their safetensors
+    weights, so a missing ``vae/`` is named (diffusers would report a config.json missing at the top).
+
+    Raises:
+        MissingFileError: a listed component without its folder or without weights.
+        SettingError: a component whose weights are only pickle files (``.bin``/``.ckpt``), which are not loaded.
+    """
+    index = read_json(folder / "model_index.json")
+    redo = ("Copy the whole pipeline folder again (every sub-folder `save_pretrained` wrote), or save it again "
+            "with `pipe.save_pretrained(folder)`.")
+    for name, spec in index.items():
+        if name.startswith("_") or name in skip or not (isinstance(spec, list) and len(spec) == 2 and spec[0]):
+            continue
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.iterdir()):
+            raise MissingFileError(
+                f"{field}={model!r}: the pipeline folder {folder} has "
+                f"{'an empty' if sub.is_dir() else 'no'} {name}/ sub-folder, but its model_index.json lists the "
+                f"component {name!r} "
+                f"({spec[1]}). {redo}")
+        if (sub / "config.json").is_file() and not any(sub.glob("*.safetensors")):
+            pickles = sorted(p.name for p in sub.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+            if pickles:
+                raise SettingError(
+                    f"{field}={model!r}: component {name}/ holds only pickle weights {pickles}, which synthaug "
+                    "does not load (unpickling can run code). Convert them once, where you trust the file: "
+                    "`DiffusionPipeline.from_pretrained(folder).save_pretrained(new_folder)` writes safetensors.")
+            raise MissingFileError(f"{field}={model!r}: component {name}/ in {folder} has a config.json but no "
+                                   f"weights (*.safetensors). {redo}")
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -141,19 +187,23 @@ def load_pipeline(
         **components: components to use instead of the checkpoint's (``unet=...``).
 
     Raises:
-        FileNotFoundError: when the checkpoint cannot be found or read; the message says where it was looked
-            for and how to provide it.
+        FileNotFoundError: when the checkpoint cannot be found or read (a missing component folder, missing or
+            damaged weights); the message says where it was looked for and how to provide it.
+        SettingError: a local component with pickle weights only (only safetensors are loaded).
     """
-    source, is_local = resolve_checkpoint(model, field=field)
+    source, is_local = resolve_checkpoint(model, field=field, pipeline=pipeline)
     cls = pipeline_class(pipeline)
     kwargs: dict[str, Any] = {**dtype_kwargs(check_precision(dtype, device)),
-                              "local_files_only": is_local or local_files_only}
+                              "local_files_only": is_local or local_files_only, "use_safetensors": True}
     if _has_safety_checker(source, is_local):  # generated training data is not shown to people
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if is_local:
+        check_components(Path(source), field=field, model=model,
+                         skip=set(components) | ({"safety_checker"} if "safety_checker" in kwargs else set()))
     try:
         pipe = cls.from_pretrained(source, **kwargs, **components)
     except OSError as e:  # diffusers/huggingface_hub report missing files and hub failures as OSError
-        raise _not_found(model, source, is_local, field, kwargs["local_files_only"], e) from e
+        raise _not_found(model, source, is_local, field, local_files_only, e, pipeline) from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -164,19 +214,31 @@ def _has_safety_checker(source: str, is_local: bool) -> bool:
     return "safety_checker" in read_json(Path(source) / "model_index.json")
 
 
-def _not_found(model: str, source: str, is_local: bool, field: str, offline: bool,
-               err: Exception) -> FileNotFoundError:
-    params = field.rsplit(".", 1)[0]
+def _not_found(model: str, source: str, is_local: bool, field: str, local_files_only: bool,
+               err: Exception, pipeline: str | type | None = None) -> FileNotFoundError:
+    from huggingface_hub import constants as hf
+
     if is_local:
-        return FileNotFoundError(
-            f"Could not load the diffusers pipeline in folder {source} ({field}={model!r}): {err}. The "
-            "folder must hold model_index.json and one sub-folder per component, as written by "
-            "`save_pretrained`.")
-    where = "the local HF cache only (offline)" if offline else "the HF cache, then the Hugging Face Hub"
-    return FileNotFoundError(
-        f"Could not load {field}={model!r}: no local folder {Path(model).resolve()} exists, so it was taken "
-        f"as a hub id and looked for in {where}. {err} "
-        + _OFFLINE_HINT.format(id=model, field=field, params=params))
+        damaged = "Unable to load weights" in str(err)
+        fix = ("A weights file is damaged or not in safetensors format (truncated by an interrupted copy?): copy "
+               "the pipeline folder again or save it again with `save_pretrained`." if damaged else
+               f"The folder must hold model_index.json and one sub-folder per component{_expected_layout(pipeline)}, "
+               "as written by `save_pretrained`.")
+        return MissingFileError(f"Could not load the diffusers pipeline in folder {source} ({field}={model!r}): "
+                                f"{str(err).strip()} {fix}")
+    download = (f"Download it once on a machine with network (`hf download {model}`, or "
+                f"DiffusionPipeline.from_pretrained('{model}').save_pretrained('<folder>'))")
+    taken = f"Could not load {field}={model!r}: no local folder {Path(model).resolve()} exists, so it was taken as a hub id"
+    if hf.HF_HUB_OFFLINE or local_files_only:
+        why = "HF_HUB_OFFLINE=1 is set" if hf.HF_HUB_OFFLINE else f"{field.rsplit('.', 1)[0]}.local_files_only is true"
+        return MissingFileError(
+            f"{taken}; since {why}, only the local Hugging Face cache ({hf.HF_HUB_CACHE}) was searched, with no "
+            f"hub look-up, and it is not there. {download}, then copy that cache into {hf.HF_HUB_CACHE} or point "
+            f"{field} at the saved folder.")
+    return MissingFileError(
+        f"{taken} and looked for in the Hugging Face cache, then on the Hub, which failed: {str(err).strip()} Check "
+        f"the id and the network (gated models need `hf auth login`). To work offline: {download}, then point "
+        f"{field} at that folder, or keep the hub id and set HF_HUB_OFFLINE=1 to use the cached copy.")
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: SchedulerName) -> None:

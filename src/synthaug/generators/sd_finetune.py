@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
-from synthaug.generators.checkpoints import MODEL_INFO, install_model_dir, recover_model_dir
+from synthaug.generators.checkpoints import MODEL_INFO, install_model_dir, reading, recover_model_dir
 from synthaug.generators.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
 from synthaug.generators.sd_text2img import SDText2ImgGenerator
@@ -281,7 +281,9 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         lr_schedule = get_scheduler("constant_with_warmup", optimizer,
                                     num_warmup_steps=c.lr_warmup_steps * accelerator.num_processes)
         ema = EMAModel(params, decay=c.ema_decay) if c.ema else None
-        start = self._resume(unet, ema, optimizer, lr_schedule)
+        with reading(self.workdir / "checkpoints", fix="delete its newest step-* folder to resume from the one "
+                     "before (or the whole folder to start over)."):
+            start = self._resume(unet, ema, optimizer, lr_schedule)
         unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
         unet.train()
 

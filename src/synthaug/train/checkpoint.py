@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from synthaug.generators.checkpoints import reading
 from synthaug.train.curves import write_curves
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,14 @@ def load(folder: Path, model: torch.nn.Module) -> tuple[dict, list[dict]]:
     Returns:
         (the ``trainer`` dict given to :func:`save`, the curve rows so far).
     """
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    trainer = torch.load(folder / "trainer.pt", weights_only=True)
-    if (folder / "rng.safetensors").is_file():
-        set_rng_state(load_file(folder / "rng.safetensors"))
-    else:  # written by an older synthaug
-        log.warning("%s has no random states (rng.safetensors): the resumed run continues, but not bit-exactly.",
-                    folder)
+    with reading(folder, fix=f"delete {folder} to train this arm from its first epoch."):
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        trainer = torch.load(folder / "trainer.pt", weights_only=True)
+        if (folder / "rng.safetensors").is_file():
+            set_rng_state(load_file(folder / "rng.safetensors"))
+        else:  # written by an older synthaug
+            log.warning("%s has no random states (rng.safetensors): the resumed run continues, but not "
+                        "bit-exactly.", folder)
     with open(folder / "curves.csv") as f:
         curves = [{k: int(float(v)) if k in ("epoch", "phase") else float(v) for k, v in row.items() if v != ""}
                   for row in csv.DictReader(f)]
