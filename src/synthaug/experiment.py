@@ -51,6 +51,31 @@ from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-expor
 log = logging.getLogger(__name__)
 
 
+def _content_hash(splits: DataSplits) -> str:
+    """The fingerprint of every image id and label of every split."""
+    content = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        images = getattr(splits, split)
+        content.update(f"{split}:{len(images)}\n".encode())
+        for image_id, label in zip(images.ids, images.labels.tolist()):
+            content.update(f"{image_id}\t{label}\n".encode())
+    return content.hexdigest()
+
+
+def _concatenate(parts: list[LabeledImages]) -> LabeledImages:
+    """One set of the images of ``parts`` (subsets of one loaded source), in order."""
+    def joined(field):
+        values = [getattr(p, field) for p in parts]
+        if values[0] is None:
+            return None
+        return np.concatenate(values) if isinstance(values[0], np.ndarray) else [v for vs in values for v in vs]
+
+    first = parts[0]
+    return LabeledImages(first.schema, np.concatenate([p.labels for p in parts]), joined("ids"),
+                         pixels=joined("pixels"), paths=joined("paths"), mode=first.mode, origin=first.origin,
+                         captions=joined("captions"))
+
+
 class Experiment:
     """Runs (or resumes) one experiment config. Each public method is one stage and returns its result."""
 
@@ -139,26 +164,61 @@ class Experiment:
 
     @cached_property
     def _data_parts(self) -> dict[str, Any]:
-        content = hashlib.sha256()
-        for split in ("train", "val", "test"):
-            images = getattr(self.splits, split)
-            content.update(f"{split}:{len(images)}\n".encode())
-            for image_id, label in zip(images.ids, images.labels.tolist()):
-                content.update(f"{image_id}\t{label}\n".encode())
         return {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed,
-                "content": content.hexdigest()}
+                "content": _content_hash(self.splits)}
 
     @cached_property
     def splits(self) -> DataSplits:
-        """The train/val/test splits, the training split long-tailed if configured."""
+        """The train/val/test splits, the training split long-tailed if configured: read back from
+        ``data/splits.json`` when the data stage is done with the same data settings and the images listed there
+        are unchanged (no image is decoded again to check it), else loaded and checked."""
+        return self._recorded_splits() or self._load_splits()
+
+    def _load_splits(self) -> DataSplits:
         d = self.cfg.data
         splits = load_source(d.source, **d.loader_options())
-        self.balanced_pool = splits.train
+        self._balanced_pool = splits.train
         if d.longtail is not None:
             splits.train = longtail_subsample(splits.train, imbalance_ratio=d.longtail.imbalance_ratio,
                                               seed=self.cfg.seed, class_order=d.longtail.class_order,
                                               n_max=d.longtail.n_max)
         return splits
+
+    def _recorded_splits(self) -> DataSplits | None:
+        """The splits of ``data/splits.json`` from the source listed without image checks; None when the data
+        stage is not done, was done with other data settings, or the listing no longer has those images and
+        labels (then the caller loads and checks again)."""
+        folder = self.dir / "data"
+        if not ((folder / "done.json").is_file() and (folder / "splits.json").is_file()):
+            return None
+        record, recorded = read_json(folder / "done.json"), read_json(folder / "splits.json")
+        same = {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed}
+        if any(record.get("parts", {}).get(k) != fingerprint(v) for k, v in same.items()):
+            return None
+        from synthaug.data.sources import images_checked_before
+
+        with images_checked_before():
+            listed = load_source(self.cfg.data.source, **self.cfg.data.loader_options())
+        # a split carved again without the skipped images may differ: take each recorded id from the whole listing
+        everything = _concatenate([listed.train, listed.val, listed.test])
+        index = {image_id: i for i, image_id in enumerate(everything.ids)}
+        if any(image_id not in index for split in ("train", "val", "test") for image_id in recorded[split]):
+            return None
+        splits = DataSplits(**{split: everything.subset([index[image_id] for image_id in recorded[split]])
+                               for split in ("train", "val", "test")})
+        if fingerprint(_content_hash(splits)) != record["parts"].get("content"):
+            return None
+        splits.train.skipped = list(record.get("skipped") or [])
+        log.info("Data splits read back from %s (images checked when they were recorded).", folder / "splits.json")
+        return splits
+
+    @property
+    def balanced_pool(self) -> LabeledImages:
+        """The training split before long-tailing (checked: loaded again when the splits were read back)."""
+        self.splits  # noqa: B018
+        if not hasattr(self, "_balanced_pool"):
+            self._load_splits()
+        return self._balanced_pool
 
     @property
     def thresholds(self) -> ShotThresholds:

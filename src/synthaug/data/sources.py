@@ -13,7 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 import inspect
-from typing import Iterable, Literal, Mapping, Sequence
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -121,10 +125,35 @@ def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed
 # Image checks shared by the file-based loaders
 
 
+_CHECK_IMAGES: ContextVar[bool] = ContextVar("check_images", default=True)
+
+
+@contextmanager
+def images_checked_before() -> Iterator[None]:
+    """Within this block, file-based sources list their images without decoding them: for a caller that has
+    recorded which images passed an earlier check (the experiment's ``data/splits.json``)."""
+    token = _CHECK_IMAGES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_IMAGES.reset(token)
+
+
+def _image_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return "file not found"
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"unreadable or corrupt image ({type(e).__name__}: {e})"
+    return None
+
+
 def check_images(
     paths: Sequence[Path], where: Sequence[str], *, on_bad_image: OnBad
 ) -> tuple[list[int], list[str]]:
-    """Opens and decodes every image.
+    """Opens and decodes every image (in parallel threads; none inside :func:`images_checked_before`).
 
     Args:
         paths: image files.
@@ -139,17 +168,12 @@ def check_images(
     """
     if on_bad_image not in ("error", "skip"):
         raise SettingError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
+    if not _CHECK_IMAGES.get():
+        return list(range(len(paths))), []
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        problems = list(pool.map(_image_problem, paths))
     good, skipped = [], []
-    for i, (path, src) in enumerate(zip(paths, where)):
-        problem = None
-        if not path.is_file():
-            problem = "file not found"
-        else:
-            try:
-                with Image.open(path) as im:
-                    im.load()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                problem = f"unreadable or corrupt image ({type(e).__name__}: {e})"
+    for i, (path, src, problem) in enumerate(zip(paths, where, problems)):
         if problem is None:
             good.append(i)
             continue
