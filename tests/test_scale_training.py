@@ -155,3 +155,29 @@ def test_recorded_splits_are_read_back_without_decoding_images(image_tree, tmp_p
     decoded.clear()
     third = Experiment(cfg)
     assert "cat/000.png" not in third.splits.train.ids + third.splits.val.ids + third.splits.test.ids and decoded
+
+
+def test_pretrained_timm_models_train_at_their_configs_size_and_normalisation(tmp_path):
+    from synthaug.train.augment import create_transform, eval_transform
+    from synthaug.train.config import ModelConfig
+    from synthaug.train.loop import training_image_size
+    from synthaug.train.models import pretrained_normalization, save_classifier
+
+    real = _images(4, 0)  # 32×32 images
+    random_init = create_classifier(ModelConfig(name="test_resnet"), SCHEMA, 3)
+    assert random_init.normalization is None  # random weights: the presets' default, the images' own size
+    assert training_image_size(TrainConfig(model={"name": "test_resnet"}), random_init, real) == 32
+    # what pretrained: true reads (weights themselves need a download, so the flag is set on the config only)
+    pretrained = ModelConfig(name="test_resnet", pretrained=True)
+    assert training_image_size(TrainConfig(model=pretrained.model_dump()), random_init, real) == 160
+    assert training_image_size(TrainConfig(model=pretrained.model_dump(), image_size=48), random_init, real) == 48
+    stats = pretrained_normalization(pretrained, random_init.backbone, 3)
+    assert stats == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert pretrained_normalization(pretrained, random_init.backbone, 1) is None  # no per-channel values
+    white = torch.full((3, 16, 16), 255, dtype=torch.uint8)
+    assert torch.allclose(eval_transform(3, 16, stats)(white), torch.ones(3, 16, 16))  # (1 - 0.5) / 0.5
+    assert torch.allclose(create_transform("basic", 3, 16, stats)(white), torch.ones(3, 16, 16))
+    assert not torch.allclose(eval_transform(3, 16)(white), torch.ones(3, 16, 16))  # ImageNet statistics
+    random_init.normalization = stats  # saved with the model and restored on load, for predict and evaluation
+    save_classifier(random_init, ModelConfig(name="test_resnet"), SCHEMA, 3, 160, tmp_path / "model")
+    assert load_classifier(tmp_path / "model")[0].normalization == stats

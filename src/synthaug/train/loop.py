@@ -27,7 +27,9 @@ from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
 from synthaug.train.losses import create_loss
 from synthaug.train.mixing import batch_prior, make_batches
-from synthaug.train.models import Classifier, create_classifier, parameter_counts, save_classifier
+from synthaug.train.models import (
+    Classifier, create_classifier, parameter_counts, pretrained_input_size, save_classifier,
+)
 from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def predict(model: Classifier, images: LabeledImages, image_size: int, *, device
             batch_size: int = 256) -> torch.Tensor:
     """Logits (N, Σ C_g) for ``images`` under the test-time transform."""
     model.eval()
-    data = ImageSet(images, None, eval_transform(images.channels, image_size), image_size)
+    data = ImageSet(images, None, eval_transform(images.channels, image_size, model.normalization), image_size)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     return torch.cat([model(x.to(device)).float().cpu() for x, _, _ in loader])
 
@@ -64,12 +66,7 @@ def training_image_size(cfg: TrainConfig, model: Classifier, real: LabeledImages
     """``train.image_size`` when set; else the input size of a pretrained timm model's config (the size its
     weights were trained at); else (small-cnn, or timm from random initialisation) the first real image's
     shorter side."""
-    if cfg.image_size:
-        return cfg.image_size
-    pretrained_cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
-    if cfg.model.pretrained and pretrained_cfg.get("input_size"):
-        return int(pretrained_cfg["input_size"][-1])
-    return image_size_of(real)
+    return cfg.image_size or pretrained_input_size(cfg.model, model.backbone) or image_size_of(real)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -136,8 +133,8 @@ def train_classifier(
     trainable, total = parameter_counts(model)
     log.info("%s: %s trainable / %s total parameters (freeze=%s)", cfg.model.name, f"{trainable:,}", f"{total:,}",
              cfg.model.freeze)
-    data = ImageSet(real, synthetic, create_transform(cfg.augment, real.channels, image_size), image_size,
-                    cache_mb=cfg.image_cache_mb)
+    transform = create_transform(cfg.augment, real.channels, image_size, model.normalization)
+    data = ImageSet(real, synthetic, transform, image_size, cache_mb=cfg.image_cache_mb)
     synth_labels = data.labels[data.num_real:]
     criteria = _criteria(cfg, real, synth_labels, workdir if main else None, device)
     mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
