@@ -1,5 +1,6 @@
 """Run by tests/test_scale_training.py under ``accelerate launch``: trains a tiny classifier on the shapes data with
-every process and keeps the epoch checkpoint. Usage: ddp_worker.py WORKDIR."""
+every process and keeps the epoch checkpoint. Usage: ddp_worker.py WORKDIR [STOP_AFTER_EPOCH] (every process
+exits after that epoch's checkpoint, as an interrupted run)."""
 
 import sys
 
@@ -23,5 +24,11 @@ def images(n, seed, long_tailed=True):
 
 if __name__ == "__main__":
     processes = Processes.launched(torch.device("cpu"))
+    stop_after = int(sys.argv[2]) if len(sys.argv) > 2 else None
+
+    def interrupt(epoch, row):
+        if epoch + 1 == stop_after:
+            sys.exit(0)
+
     train_classifier(images(32, 0), images(16, 5, long_tailed=False), CFG, sys.argv[1], val=images(12, 9),
-                     progress=False, seed=3, keep_checkpoint=True, processes=processes)
+                     progress=False, seed=3, keep_checkpoint=True, processes=processes, on_epoch_end=interrupt)

@@ -78,7 +78,7 @@ def test_two_process_run_writes_what_one_process_writes(tmp_path, capsys):
     assert meta["image_size"] == 8 and 0 <= json.loads((two / arm / "done.json").read_text())["accuracy"] <= 1
 
 
-def test_two_process_checkpoint_holds_every_process_and_reloads(tmp_path):
+def test_two_process_checkpoint_holds_every_process_reloads_and_resumes_exactly(tmp_path):
     _launch(str(TESTS / "ddp_worker.py"), str(tmp_path / "run"), cwd=tmp_path)
     last = tmp_path / "run" / "last"
     assert {"rng.safetensors", "rng_rank1.safetensors", "model.safetensors", "trainer.pt"} <= _files(last)
@@ -90,6 +90,14 @@ def test_two_process_checkpoint_holds_every_process_and_reloads(tmp_path):
         assert torch.equal(v, final[k]), k
     # every step saw the whole batch: as many optimizer steps as one process takes (48 images, batches of 15)
     assert trainer["schedule"]["last_epoch"] == 2 * 4
+
+    # interrupted after epoch 1, relaunched: every process resumes from its own random states, bit-exactly
+    _launch(str(TESTS / "ddp_worker.py"), str(tmp_path / "resumed"), "1", cwd=tmp_path)
+    assert torch.load(tmp_path / "resumed" / "last" / "trainer.pt", weights_only=True)["epoch"] == 1
+    _launch(str(TESTS / "ddp_worker.py"), str(tmp_path / "resumed"), cwd=tmp_path)
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+    assert (tmp_path / "run" / "curves.csv").read_text() == (tmp_path / "resumed" / "curves.csv").read_text()
 
 
 def test_sharding_pads_odd_batches_and_covers_every_key():
