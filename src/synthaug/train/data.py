@@ -10,8 +10,9 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from synthaug.data.schema import LabeledImages
+from synthaug.train.config import TrainConfig
 
-DEFAULT_CACHE_MB = 2048.0
+DEFAULT_CACHE_MB: float = TrainConfig.model_fields["image_cache_mb"].default
 
 
 class ImageSet(Dataset):

@@ -21,7 +21,7 @@ from synthaug.data.schema import LabeledImages
 from synthaug.train.augment import create_transform, eval_transform
 from synthaug.train.batch_mix import create_batch_mix, hard_labels
 from synthaug.train import checkpoint
-from synthaug.train.data import DEFAULT_CACHE_MB, EpochBatches, ImageSet, seeded_batches
+from synthaug.train.data import EpochBatches, ImageSet, seeded_batches
 from synthaug.train.distributed import Processes
 from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
