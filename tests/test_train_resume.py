@@ -47,8 +47,8 @@ class Killed(Exception):
 def _train_until_killed(real, synthetic, cfg, workdir, monkeypatch, after_epoch):
     save = loop._checkpoint
 
-    def save_then_die(folder, model, optimizer, schedule, scaler, epoch, curves):
-        save(folder, model, optimizer, schedule, scaler, epoch, curves)
+    def save_then_die(folder, model, optimizer, schedule, scaler, epoch, curves, **kwargs):
+        save(folder, model, optimizer, schedule, scaler, epoch, curves, **kwargs)
         if epoch == after_epoch:
             raise Killed
 

@@ -82,7 +82,8 @@ def cmd_train(args) -> None:
     for arm in _selected_arms(exp, args.arm):
         for seed in exp.cfg.seeds:
             done = exp.train_arm(arm, seed)
-            print(f"{arm.name} seed {seed}: test accuracy {100 * done['accuracy']:.1f}%  ({exp.dir / done['folder']})")
+            if exp.processes.is_main:  # under `accelerate launch`, one line per arm, not per process
+                print(f"{arm.name} seed {seed}: test accuracy {100 * done['accuracy']:.1f}%  ({exp.dir / done['folder']})")
 
 
 def cmd_evaluate(args) -> None:
@@ -103,6 +104,8 @@ def cmd_run(args) -> None:
     if names:
         _selected_arms(exp, list(names))
     report = exp.run(only=(lambda a: a.name in names) if names else None)
+    if report is None:  # a process other than the main one under `accelerate launch`
+        return
     print()
     print(report["markdown"])
     print(f"Run folder: {exp.dir}  (report: {exp.dir / 'report' / 'results.md'})")

@@ -46,13 +46,41 @@ from synthaug.plan import (
 from synthaug.store import SyntheticStore
 from synthaug.train import TrainConfig, load_classifier, predict, train_classifier
 from synthaug.train.checkpoint import remove as remove_checkpoint
+from synthaug.train.config import PERFORMANCE  # noqa: F401  (re-exported: training fields in no fingerprint)
+from synthaug.train.distributed import Processes
 from synthaug.utils import read_json, resolve_device, write_json
 from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-# performance-only training fields: they change neither the weights nor the metrics, so no fingerprint has them
-PERFORMANCE = {"num_workers"}
+
+def _content_hash(splits: DataSplits) -> str:
+    """The fingerprint of every image id and label of every split, and of each image file's size and
+    modification time (a file replaced under the same name is a changed dataset)."""
+    content = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        images = getattr(splits, split)
+        content.update(f"{split}:{len(images)}\n".encode())
+        files = images.paths or [None] * len(images)
+        for image_id, label, path in zip(images.ids, images.labels.tolist(), files):
+            st = None if path is None else path.stat()
+            stamp = "" if st is None else f"\t{st.st_size}\t{st.st_mtime_ns}"
+            content.update(f"{image_id}\t{label}{stamp}\n".encode())
+    return content.hexdigest()
+
+
+def _concatenate(parts: list[LabeledImages]) -> LabeledImages:
+    """One set of the images of ``parts`` (subsets of one loaded source), in order."""
+    def joined(field):
+        values = [getattr(p, field) for p in parts]
+        if values[0] is None:
+            return None
+        return np.concatenate(values) if isinstance(values[0], np.ndarray) else [v for vs in values for v in vs]
+
+    first = parts[0]
+    return LabeledImages(first.schema, np.concatenate([p.labels for p in parts]), joined("ids"),
+                         pixels=joined("pixels"), paths=joined("paths"), mode=first.mode, origin=first.origin,
+                         captions=joined("captions"))
 
 
 class Experiment:
@@ -62,12 +90,14 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
+        # under `accelerate launch`: classifier training runs data-parallel; only the main process writes
+        self.processes = Processes.launched(self.device)
         self._config_written = False
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _accept_config(self) -> None:
         """Writes ``config.yaml`` once a stage of this run is accepted (a rejected re-run leaves it alone)."""
-        if not self._config_written:
+        if not self._config_written and self.processes.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.yaml").write_text(dump_config(self.cfg))
             (self.dir / "config.resolved.yaml").write_text(dump_config(self.cfg, resolved=True))
@@ -110,7 +140,10 @@ class Experiment:
             if record.is_file():
                 yield None
                 return
-        elif previous is not None:
+        if not self.processes.is_main:  # the other processes do their share of the work and write no record
+            yield {}
+            return
+        if previous is not None and previous.get("fingerprint") != fp:
             changed = self._changed(previous, part_fps)
             aside = folder.with_name(f"{folder.name}.stale-{previous['fingerprint'][:8]}")
             shutil.rmtree(aside, ignore_errors=True)
@@ -139,29 +172,61 @@ class Experiment:
 
     @cached_property
     def _data_parts(self) -> dict[str, Any]:
-        content = hashlib.sha256()
-        for split in ("train", "val", "test"):
-            images = getattr(self.splits, split)
-            content.update(f"{split}:{len(images)}\n".encode())
-            files = images.paths or [None] * len(images)  # a file replaced under the same name: its size/mtime
-            for image_id, label, path in zip(images.ids, images.labels.tolist(), files):
-                st = None if path is None else path.stat()
-                stamp = "" if st is None else f"\t{st.st_size}\t{st.st_mtime_ns}"
-                content.update(f"{image_id}\t{label}{stamp}\n".encode())
         return {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed,
-                "content": content.hexdigest()}
+                "content": _content_hash(self.splits)}
 
     @cached_property
     def splits(self) -> DataSplits:
-        """The train/val/test splits, the training split long-tailed if configured."""
+        """The train/val/test splits, the training split long-tailed if configured: read back from
+        ``data/splits.json`` when the data stage is done with the same data settings and the images listed there
+        are unchanged (no image is decoded again to check it), else loaded and checked."""
+        return self._recorded_splits() or self._load_splits()
+
+    def _load_splits(self) -> DataSplits:
         d = self.cfg.data
         splits = load_source(d.source, **d.loader_options())
-        self.balanced_pool = splits.train
+        self._balanced_pool = splits.train
         if d.longtail is not None:
             splits.train = longtail_subsample(splits.train, imbalance_ratio=d.longtail.imbalance_ratio,
                                               seed=self.cfg.seed, class_order=d.longtail.class_order,
                                               n_max=d.longtail.n_max)
         return splits
+
+    def _recorded_splits(self) -> DataSplits | None:
+        """The splits of ``data/splits.json`` from the source listed without image checks; None when the data
+        stage is not done, was done with other data settings, or the listing no longer has those images and
+        labels (then the caller loads and checks again)."""
+        folder = self.dir / "data"
+        if not ((folder / "done.json").is_file() and (folder / "splits.json").is_file()):
+            return None
+        record, recorded = read_json(folder / "done.json"), read_json(folder / "splits.json")
+        same = {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed}
+        if any(record.get("parts", {}).get(k) != fingerprint(v) for k, v in same.items()):
+            return None
+        from synthaug.data.sources import images_checked_before
+
+        with images_checked_before():
+            listed = load_source(self.cfg.data.source, **self.cfg.data.loader_options())
+        # a split carved again without the skipped images may differ: take each recorded id from the whole listing
+        everything = _concatenate([listed.train, listed.val, listed.test])
+        index = {image_id: i for i, image_id in enumerate(everything.ids)}
+        if any(image_id not in index for split in ("train", "val", "test") for image_id in recorded[split]):
+            return None
+        splits = DataSplits(**{split: everything.subset([index[image_id] for image_id in recorded[split]])
+                               for split in ("train", "val", "test")})
+        if fingerprint(_content_hash(splits)) != record["parts"].get("content"):
+            return None
+        splits.train.skipped = list(record.get("skipped") or [])
+        log.info("Data splits read back from %s (images checked when they were recorded).", folder / "splits.json")
+        return splits
+
+    @property
+    def balanced_pool(self) -> LabeledImages:
+        """The training split before long-tailing (checked: loaded again when the splits were read back)."""
+        self.splits  # noqa: B018
+        if not hasattr(self, "_balanced_pool"):
+            self._load_splits()
+        return self._balanced_pool
 
     @property
     def thresholds(self) -> ShotThresholds:
@@ -177,12 +242,13 @@ class Experiment:
         stats = ClassStats.from_labels(self.splits.schema, self.splits.train.labels, self.thresholds)
         folder = self.dir / "data"
         with self._stage("data", self._data_parts, redo=True) as summary:
-            if summary is not None:
+            if summary is not None and self.processes.is_main:
                 write_json(folder / "splits.json", {k: getattr(self.splits, k).ids for k in ("train", "val", "test")})
                 summary.update(train=len(self.splits.train), val=len(self.splits.val), test=len(self.splits.test),
                                skipped=self.splits.train.skipped)
         # statistics depend on the reporting thresholds too, which invalidate nothing: rewrite when they differ
-        if not (folder / "stats.json").is_file() or read_json(folder / "stats.json") != stats.to_dict():
+        if self.processes.is_main and (not (folder / "stats.json").is_file()
+                                       or read_json(folder / "stats.json") != stats.to_dict()):
             write_json(folder / "stats.json", stats.to_dict())
             (folder / "stats.txt").write_text(stats.format() + "\n")
             stats.bar_chart(folder / "class_counts.png")
@@ -432,7 +498,8 @@ class Experiment:
             synthetic = self.pseudo().load(mode=self.splits.train.mode)
         self.stats()
         done = self.train_stage(rel, self._arm_parts(arm, seed), self.cfg.arm_train(arm), synthetic, seed)
-        (self.dir / "train" / arm.name / "left_out.json").unlink(missing_ok=True)
+        if self.processes.is_main:
+            (self.dir / "train" / arm.name / "left_out.json").unlink(missing_ok=True)
         return done
 
     def train_stage(self, rel: str, parts: dict[str, Any], tcfg: TrainConfig, synthetic: LabeledImages | None,
@@ -440,16 +507,21 @@ class Experiment:
         """One classifier stage in ``rel``: train (resumable), evaluate on the test split, record ``done.json``;
         the epoch checkpoint is removed only after that. Returns the stage's record."""
         folder = self.dir / rel
+        main = self.processes.is_main
         with self._stage(rel, parts) as summary:
             if summary is not None:
-                write_json(folder / "train_config.json", tcfg.model_dump(mode="json"))
+                if main:
+                    write_json(folder / "train_config.json", tcfg.model_dump(mode="json"))
                 model = train_classifier(self.splits.train, synthetic, tcfg, folder, val=self.splits.val,
                                          device=self.device, seed=seed, progress=self.cfg.progress,
-                                         keep_checkpoint=True)
-                metrics = self._evaluate(model, folder)
-                summary.update(folder=rel, accuracy=metrics["accuracy"],
-                               synthetic=0 if synthetic is None else len(synthetic))
-        remove_checkpoint(folder / "last")  # only now: a crash before done.json resumes instead of retraining
+                                         keep_checkpoint=True, processes=self.processes)
+                if main:
+                    metrics = self._evaluate(model, folder)
+                    summary.update(folder=rel, accuracy=metrics["accuracy"],
+                                   synthetic=0 if synthetic is None else len(synthetic))
+        self.processes.barrier()  # done.json is written
+        if main:  # only now: a crash before done.json resumes instead of retraining
+            remove_checkpoint(folder / "last")
         return self._done(rel)
 
     def _evaluate(self, model, folder: Path) -> dict:
@@ -500,10 +572,9 @@ class Experiment:
         return self._done("judge")
 
     # ------------------------------------------------------------------------------------------ all
-    def run(self, *, only: Callable[[ArmConfig], bool] | None = None) -> dict:
-        """Every stage in order; returns the report (see :mod:`synthaug.report.tables`)."""
-        from synthaug.report.tables import build_report
-
+    def run(self, *, only: Callable[[ArmConfig], bool] | None = None) -> dict | None:
+        """Every stage in order; returns the report (see :mod:`synthaug.report.tables`), or None on a process
+        other than the main one under ``accelerate launch``."""
         self.stats()
         for arm in self.cfg.arms:
             if only is not None and not only(arm):
@@ -512,17 +583,36 @@ class Experiment:
                 reason = (f"generator {self.cfg.generator.name!r} cannot draw class-agnostic images, so it has no "
                           "pseudo-labelled control")
                 log.warning("Arm %s left out: %s.", arm.name, reason)
-                write_json(self.dir / "train" / arm.name / "left_out.json", {"arm": arm.name, "reason": reason})
+                if self.processes.is_main:
+                    write_json(self.dir / "train" / arm.name / "left_out.json", {"arm": arm.name, "reason": reason})
                 continue
             for seed in self.cfg.seeds:
                 self.train_arm(arm, seed)
-        if self.cfg.filters and any(a.synthetic == "generated" and (only is None or only(a)) for a in self.cfg.arms):
+        return self._main_alone(self._finish_run)
+
+    def _finish_run(self) -> dict:
+        if self.cfg.filters and any(a.synthetic == "generated" for a in self.cfg.arms):
             self.filter_synthetic()  # done already when a filtered arm ran; else it records the decisions
-        self.judge()
         from synthaug.evaluate.stages import run_evaluation
         from synthaug.report.html import write_html_report
+        from synthaug.report.tables import build_report
 
+        self.judge()
         run_evaluation(self)  # the studies of `evaluation:` (fidelity, memorisation, CAS, oracle, replacement, ...)
         report = build_report(self.dir)
         write_html_report(self.dir)  # report/report.html, self-contained, from the run folder's files
         return report
+
+    def _main_alone(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on the main process alone, training single-process, while the others wait; their result
+        is None. (Under ``accelerate launch`` the arms train data-parallel; the judge and the evaluation
+        studies' classifiers train on the main process.)"""
+        everyone, result = self.processes, None
+        if everyone.is_main:
+            self.processes = Processes()
+            try:
+                result = work()
+            finally:
+                self.processes = everyone
+        everyone.barrier()
+        return result

@@ -14,7 +14,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 import inspect
-from typing import Iterable, Literal, Mapping, Sequence
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -122,10 +126,25 @@ def load_digits(*, test_per_class: int = 30, val_per_class: int = 10, split_seed
 # Image checks shared by the file-based loaders
 
 
+_CHECK_IMAGES: ContextVar[bool] = ContextVar("check_images", default=True)
+
+
+@contextmanager
+def images_checked_before() -> Iterator[None]:
+    """Within this block, file-based sources list their images without decoding them: for a caller that has
+    recorded which images passed an earlier check (the experiment's ``data/splits.json``)."""
+    token = _CHECK_IMAGES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_IMAGES.reset(token)
+
+
 def check_images(
     paths: Sequence[Path], where: Sequence[str], *, on_bad_image: OnBad, mode: str = "RGB"
 ) -> tuple[list[int], list[str]]:
-    """Opens and decodes every image as training will (:func:`synthaug.data.images.open_image`).
+    """Opens and decodes every image as training will (:func:`synthaug.data.images.open_image`), in parallel
+    threads; none inside :func:`images_checked_before`.
 
     Args:
         paths: image files.
@@ -142,9 +161,12 @@ def check_images(
     """
     if on_bad_image not in ("error", "skip"):
         raise SettingError(f"on_bad_image must be 'error' or 'skip', but got {on_bad_image!r}.")
+    if not _CHECK_IMAGES.get():
+        return list(range(len(paths))), []
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        problems = list(pool.map(lambda path: decode_problem(path, mode), paths))
     good, skipped = [], []
-    for i, (path, src) in enumerate(zip(paths, where)):
-        problem = decode_problem(path, mode)
+    for i, (path, src, problem) in enumerate(zip(paths, where, problems)):
         if problem is None:
             good.append(i)
             continue

@@ -80,7 +80,8 @@ def classifier_features(source: str | Path, *, device: torch.device | str = "cpu
     from synthaug.train.data import ImageSet
 
     model, meta = load_classifier(source, device)
-    transform, size = eval_transform(meta["in_chans"], meta["image_size"]), meta["image_size"]
+    size = meta["image_size"]
+    transform = eval_transform(meta["in_chans"], size, meta.get("normalization"))
     return FeatureExtractor("classifier", str(source), model.backbone.eval(),
                             lambda images: ImageSet(images, None, transform, size), torch.device(device))
 

@@ -16,14 +16,13 @@ import numpy as np
 
 from synthaug.config import ArmConfig, fingerprint
 from synthaug.errors import SettingError
+from synthaug.train.config import PERFORMANCE  # training fields in no fingerprint
 from synthaug.utils import read_json, write_json
 
 if TYPE_CHECKING:
     from synthaug.experiment import Experiment
 
 log = logging.getLogger(__name__)
-
-PERFORMANCE = {"num_workers"}
 
 
 class StudySkipped(Exception):

@@ -69,7 +69,8 @@ class PseudoLabelGenerator(Generator):
         if not made:
             return []
         model, meta = self._load_classifier()
-        tf = v2.Compose([v2.ToImage(), eval_transform(meta["in_chans"], meta["image_size"])])
+        normalization = meta.get("normalization")  # a pretrained backbone's mean and std, if it had them
+        tf = v2.Compose([v2.ToImage(), eval_transform(meta["in_chans"], meta["image_size"], normalization)])
         mode = "L" if meta["in_chans"] == 1 else "RGB"
         x = torch.stack([tf(g.image.convert(mode)) for g in made]).to(self.device)
         probs = [lg.softmax(1) for lg in model.split_logits(model(x).float())]

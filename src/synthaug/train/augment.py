@@ -27,6 +27,7 @@ from synthaug.errors import SettingError
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+Normalization = dict[str, list[float]]  # {"mean": [...], "std": [...]}, one value per channel
 
 
 def normalize(channels: int) -> v2.Transform:
@@ -34,6 +35,17 @@ def normalize(channels: int) -> v2.Transform:
     if channels == 3:
         return v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     return v2.Normalize([0.5] * channels, [0.5] * channels)
+
+
+def _normalized(transform: v2.Compose, normalization: Normalization | None) -> v2.Compose:
+    """``transform`` with its final :func:`normalize` replaced by ``normalization`` (e.g. a pretrained timm
+    model's mean and std); unchanged when None."""
+    if normalization is None:
+        return transform
+    *ops, last = transform.transforms
+    if not isinstance(last, v2.Normalize):
+        raise TypeError(f"an augmentation preset must end with normalize(), but ends with {type(last).__name__}.")
+    return v2.Compose([*ops, v2.Normalize(normalization["mean"], normalization["std"])])
 
 
 def _finish(channels: int, *ops: v2.Transform) -> v2.Compose:
@@ -77,9 +89,10 @@ def _hard_ops() -> list[nn.Module]:
     return _soft_ops() + [v2.RandomAdjustSharpness(sharpness_factor=2.0, p=0.5), v2.RandomAutocontrast(p=0.3)]
 
 
-def eval_transform(channels: int, image_size: int) -> v2.Compose:
-    """The test-time transform: resize to the training size, then normalise."""
-    return _finish(channels, *_sized(image_size))
+def eval_transform(channels: int, image_size: int, normalization: Normalization | None = None) -> v2.Compose:
+    """The test-time transform: resize to the training size, then normalise (with ``normalization`` if given,
+    the one the classifier trained with: ``classifier.json``'s ``normalization``)."""
+    return _normalized(_finish(channels, *_sized(image_size)), normalization)
 
 
 @AUGMENTS.register("none")
@@ -139,10 +152,12 @@ def preset_trivialaugment(channels: int, image_size: int) -> v2.Compose:
     return _finish(channels, *_sized(image_size), v2.RandomHorizontalFlip(), v2.TrivialAugmentWide())
 
 
-def create_transform(name: str, channels: int, image_size: int) -> v2.Compose:
-    """The training transform of the preset registered as ``name``.
+def create_transform(name: str, channels: int, image_size: int,
+                     normalization: Normalization | None = None) -> v2.Compose:
+    """The training transform of the preset registered as ``name``, normalising with ``normalization`` when
+    given (else :func:`normalize`).
 
     Raises:
         KeyError: an unknown preset; the message lists the valid names.
     """
-    return AUGMENTS.get(name)(channels, image_size)
+    return _normalized(AUGMENTS.get(name)(channels, image_size), normalization)

@@ -1,7 +1,8 @@
 """The classifier's epoch checkpoint: everything an interrupted run needs to continue bit-exactly.
 
 A checkpoint folder holds ``model.safetensors``, ``rng.safetensors`` (the global random states of Python,
-NumPy, torch CPU and every CUDA device), ``trainer.pt`` (optimizer, schedule, gradient scaler and epoch:
+NumPy, torch CPU and every CUDA device; of process 0 when several train together, ``rng_rank<r>.safetensors``
+for each other process r), ``trainer.pt`` (optimizer, schedule, gradient scaler and epoch:
 tensors and plain numbers only, loaded with ``weights_only=True``) and ``curves.csv``. Nothing is unpickled.
 
 A new checkpoint is written to ``<folder>.partial`` and swapped in by renames, so a crash at any moment
@@ -59,17 +60,24 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state(state[f"torch_cuda_{i}"], i)
 
 
-def save(folder: Path, model: torch.nn.Module, trainer: dict, curves: list[dict]) -> None:
+def _rng_file(rank: int) -> str:
+    return "rng.safetensors" if rank == 0 else f"rng_rank{rank}.safetensors"
+
+
+def save(folder: Path, model: torch.nn.Module, trainer: dict, curves: list[dict], *,
+         rng_states: list[dict[str, torch.Tensor]] | None = None) -> None:
     """Writes a checkpoint and swaps it in for ``folder`` without a moment with no complete checkpoint.
 
     Args:
         trainer: state dicts and numbers (optimizer, schedule, scaler, epoch) for ``torch.save``.
+        rng_states: the :func:`rng_state` of every process, in rank order (default: this process's alone).
     """
     tmp, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file(rng_state(), tmp / "rng.safetensors")
+    for rank, state in enumerate(rng_states or [rng_state()]):
+        save_file(state, tmp / _rng_file(rank))
     torch.save(trainer, tmp / "trainer.pt")
     write_curves(tmp / "curves.csv", curves)
     if folder.exists():
@@ -88,8 +96,8 @@ def find(folder: Path) -> Path | None:
     return None
 
 
-def load(folder: Path, model: torch.nn.Module) -> tuple[dict, list[dict]]:
-    """Loads the weights into ``model`` and restores the global random states.
+def load(folder: Path, model: torch.nn.Module, *, rank: int = 0) -> tuple[dict, list[dict]]:
+    """Loads the weights into ``model`` and restores the global random states (those process ``rank`` saved).
 
     Returns:
         (the ``trainer`` dict given to :func:`save`, the curve rows so far).
@@ -97,11 +105,11 @@ def load(folder: Path, model: torch.nn.Module) -> tuple[dict, list[dict]]:
     with reading(folder, fix=f"delete {folder} to train this arm from its first epoch."):
         model.load_state_dict(load_file(folder / "model.safetensors"))
         trainer = torch.load(folder / "trainer.pt", weights_only=True)
-        if (folder / "rng.safetensors").is_file():
-            set_rng_state(load_file(folder / "rng.safetensors"))
-        else:  # written by an older synthaug
-            log.warning("%s has no random states (rng.safetensors): the resumed run continues, but not "
-                        "bit-exactly.", folder)
+        if (folder / _rng_file(rank)).is_file():
+            set_rng_state(load_file(folder / _rng_file(rank)))
+        else:  # written by an older synthaug, or by fewer processes than now resume it
+            log.warning("%s has no random states for process %d (%s): the resumed run continues, but not "
+                        "bit-exactly.", folder, rank, _rng_file(rank))
     with open(folder / "curves.csv") as f:
         curves = [{k: int(float(v)) if k in ("epoch", "phase") else float(v) for k, v in row.items() if v != ""}
                   for row in csv.DictReader(f)]

@@ -42,6 +42,7 @@ BATCH_MIXES: Registry = Registry("batch mix", {
 REAL_ONLY = {"real-only", "oversample"}  # mixing strategies that never use the synthetic set
 SHARE_MIXINGS = {"balanced-batch", "rsp"}  # mixing strategies that take synthetic_share
 PRIOR_LOSSES = {"weighted-ce", "balanced-softmax"}  # losses built from the class distribution (the prior)
+PERFORMANCE = {"num_workers", "image_cache_mb"}  # fields that change neither weights nor metrics: in no fingerprint
 SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm uses the synthetic set
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 where the hardware runs it natively, else fp32
 
@@ -91,9 +92,12 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
     momentum: float = 0.9  # sgd
     warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up from 0, then cosine decay to 0 (over `epochs`)
-    image_size: int | None = None  # None: the real images' size
+    image_size: int | None = None  # None: a pretrained timm model's input size, else the real images' size
     precision: Precision = "auto"  # autocast; auto = bf16 where native (CUDA bf16, AVX512-BF16/AMX), else fp32
     num_workers: int = Field(0, ge=0)  # loader processes; performance only (results do not depend on it)
+    # decoded, resized training images kept in memory per loading process, up to this many MB (the rest are
+    # decoded when needed); 0: decode every time. Performance only.
+    image_cache_mb: float = Field(2048.0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self):

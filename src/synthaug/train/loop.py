@@ -1,6 +1,9 @@
 """Classifier training: any model, loss, augmentation preset, batch mix (CutMix/MixUp) and real+synthetic
 mixing strategy, with linear warm-up then cosine decay (plus a real-only fine-tuning phase for ``two-phase``),
-per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the phase of each epoch)."""
+per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the phase of each epoch).
+
+Under ``accelerate launch`` with several processes the same function trains data-parallel (DDP): each process
+takes its share of every batch (:mod:`synthaug.train.distributed`) and the main process alone writes files."""
 
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ from synthaug.data.schema import LabeledImages
 from synthaug.train.augment import create_transform, eval_transform
 from synthaug.train.batch_mix import create_batch_mix, hard_labels
 from synthaug.train import checkpoint
-from synthaug.train.data import ImageSet, seeded_batches
+from synthaug.train.data import EpochBatches, ImageSet, seeded_batches
+from synthaug.train.distributed import Processes
 from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
 from synthaug.train.losses import create_loss
 from synthaug.train.mixing import batch_prior, make_batches
-from synthaug.train.models import Classifier, create_classifier, parameter_counts, save_classifier
+from synthaug.train.models import (
+    Classifier, create_classifier, parameter_counts, pretrained_input_size, save_classifier,
+)
 from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ def predict(model: Classifier, images: LabeledImages, image_size: int, *, device
             batch_size: int = 256) -> torch.Tensor:
     """Logits (N, Σ C_g) for ``images`` under the test-time transform."""
     model.eval()
-    data = ImageSet(images, None, eval_transform(images.channels, image_size), image_size)
+    data = ImageSet(images, None, eval_transform(images.channels, image_size, model.normalization), image_size)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     return torch.cat([model(x.to(device)).float().cpu() for x, _, _ in loader])
 
@@ -54,6 +60,13 @@ def predict(model: Classifier, images: LabeledImages, image_size: int, *, device
 def image_size_of(images: LabeledImages) -> int:
     w, h = images.image(0).size
     return min(w, h)
+
+
+def training_image_size(cfg: TrainConfig, model: Classifier, real: LabeledImages) -> int:
+    """``train.image_size`` when set; else the input size of a pretrained timm model's config (the size its
+    weights were trained at); else (small-cnn, or timm from random initialisation) the first real image's
+    shorter side."""
+    return cfg.image_size or pretrained_input_size(cfg.model, model.backbone) or image_size_of(real)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -89,6 +102,7 @@ def train_classifier(
     real: LabeledImages, synthetic: LabeledImages | None, cfg: TrainConfig, workdir: str | Path, *,
     val: LabeledImages | None = None, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True,
     keep_checkpoint: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
+    processes: Processes = Processes(),
 ) -> Classifier:
     """Trains a classifier and saves it to ``workdir/model``; resumes from ``workdir/last`` if present.
 
@@ -103,21 +117,26 @@ def train_classifier(
     Args:
         keep_checkpoint: leave ``workdir/last`` in place at the end (the caller deletes it once it has used the
             model, e.g. after evaluating it); calling again then returns without retraining.
+        processes: the processes training together (``Processes.launched(device)`` under ``accelerate
+            launch``; every one of them calls this function). Only the main one writes files and computes the
+            validation metrics; the checkpoint holds every process's random states.
 
     Returns:
         The trained model (eval mode).
     """
-    workdir, device = Path(workdir), torch.device(device)
+    workdir, device = Path(workdir), processes.device(torch.device(device))
+    main = processes.is_main
     seed_everything(seed)
-    image_size = cfg.image_size or image_size_of(real)
     precision = resolve_precision(cfg.precision, device, what="train.precision")
     model = create_classifier(cfg.model, real.schema, real.channels).to(device)
+    image_size = training_image_size(cfg, model, real)
     trainable, total = parameter_counts(model)
     log.info("%s: %s trainable / %s total parameters (freeze=%s)", cfg.model.name, f"{trainable:,}", f"{total:,}",
              cfg.model.freeze)
-    data = ImageSet(real, synthetic, create_transform(cfg.augment, real.channels, image_size), image_size)
+    transform = create_transform(cfg.augment, real.channels, image_size, model.normalization)
+    data = ImageSet(real, synthetic, transform, image_size, cache_mb=cfg.image_cache_mb)
     synth_labels = data.labels[data.num_real:]
-    criteria = _criteria(cfg, real, synth_labels, workdir, device)
+    criteria = _criteria(cfg, real, synth_labels, workdir if main else None, device)
     mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
 
     def epoch_batches(epoch: int):
@@ -129,33 +148,44 @@ def train_classifier(
     schedule = lr_schedule(optimizer, cfg, len(epoch_batches(0)),
                            len(epoch_batches(cfg.epochs)) if cfg.phase2_epochs else 0)
     scaler = grad_scaler(precision, device)
-    start, curves = _resume(workdir / "last", model, optimizer, schedule, scaler)
+    start, curves = _resume(workdir / "last", model, optimizer, schedule, scaler, processes)
     if start >= cfg.total_epochs:
         log.info("%s: all %d epochs are done; not retraining.", workdir / "last", cfg.total_epochs)
+    if processes.count > 1 and main:
+        log.info("Training data-parallel on %d processes (each takes 1/%d of every batch of %d).",
+                 processes.count, processes.count, cfg.batch_size)
+    net = processes.wrap(model, device)
+    sampler = EpochBatches()
+    # one loader for all epochs: persistent workers keep their image caches (results do not depend on workers)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=_collate, num_workers=cfg.num_workers,
+                        persistent_workers=cfg.num_workers > 0,
+                        generator=torch.Generator().manual_seed(derive_seed(seed, "loader", start)))
     bar = tqdm(range(start, cfg.total_epochs), initial=start, total=cfg.total_epochs,
-               desc=f"train {workdir.parent.name}/{workdir.name}", unit="epoch", disable=not progress)
+               desc=f"train {workdir.parent.name}/{workdir.name}", unit="epoch", disable=not (progress and main))
     for epoch in bar:
-        batches = seeded_batches(epoch_batches(epoch), derive_seed(seed, "augment", epoch))
-        loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers,
-                            generator=torch.Generator().manual_seed(derive_seed(seed, "loader", epoch)))
+        sampler.batches = processes.shard(seeded_batches(epoch_batches(epoch), derive_seed(seed, "augment", epoch)))
         criterion = criteria[cfg.phase(epoch)]
         row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
-               **_train_epoch(model, loader, mixer, criterion, optimizer, schedule, scaler, device, precision)}
-        if val is not None and len(val):
+               **_train_epoch(net, loader, mixer, criterion, optimizer, schedule, scaler, device, precision,
+                              processes=processes)}
+        if val is not None and len(val) and main:
             logits = predict(model, val, image_size, device=device)
             row["val_loss"] = criterion(logits.to(device), torch.as_tensor(val.labels, device=device)).item()
             row["val_acc"] = _group_mean_correct(model, logits, torch.as_tensor(val.labels)) / len(val)
         curves.append(row)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_acc")})
-        _checkpoint(workdir / "last", model, optimizer, schedule, scaler, epoch + 1, curves)
+        _checkpoint(workdir / "last", model, optimizer, schedule, scaler, epoch + 1, curves, processes=processes)
         if on_epoch_end is not None:
             on_epoch_end(epoch, dict(row))
     bar.close()
-    save_classifier(model, cfg.model, real.schema, real.channels, image_size, workdir / "model")
-    write_curves(workdir / "curves.csv", curves)
-    training_curves_plot(workdir / "curves.csv", workdir / "curves.png")
-    if not keep_checkpoint:
-        checkpoint.remove(workdir / "last")
+    del loader  # stops persistent workers
+    if main:
+        save_classifier(model, cfg.model, real.schema, real.channels, image_size, workdir / "model")
+        write_curves(workdir / "curves.csv", curves)
+        training_curves_plot(workdir / "curves.csv", workdir / "curves.png")
+        if not keep_checkpoint:
+            checkpoint.remove(workdir / "last")
+    processes.barrier()  # the others return once the model is on disk
     return model.eval()
 
 
@@ -164,9 +194,10 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, workdir: Path,
+def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, workdir: Path | None,
               device: torch.device) -> dict[int, torch.nn.Module]:
-    """The loss of each phase, built on the class prior of that phase's batches; writes ``prior.json``:
+    """The loss of each phase, built on the class prior of that phase's batches; writes ``prior.json`` (unless
+    ``workdir`` is None):
     ``{"loss", "prior", "phases": {phase: {"rule", "groups": {group: {class: probability}}}}}``."""
     criteria, record = {}, {}
     for phase in sorted({cfg.phase(e) for e in range(cfg.total_epochs)}):
@@ -178,19 +209,23 @@ def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, w
         record[str(phase)] = {"rule": rule, "groups": {
             group.name: dict(zip(group.classes, (c / max(c.sum(), 1e-12)).tolist()))
             for group, c in zip(real.schema.groups, counts)}}
-    if cfg.loss in PRIOR_LOSSES:
+    if cfg.loss in PRIOR_LOSSES and workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "prior.json", {"loss": cfg.loss, "prior": cfg.prior, "phases": record})
     return criteria
 
 
-def _train_epoch(model: Classifier, loader: DataLoader, mixer, criterion, optimizer, schedule,
-                 scaler: torch.amp.GradScaler, device: torch.device, precision: str) -> dict:
-    """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``.
+def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixer, criterion, optimizer, schedule,
+                 scaler: torch.amp.GradScaler, device: torch.device, precision: str, *,
+                 processes: Processes = Processes()) -> dict:
+    """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``, the
+    loss and accuracy over the images of all ``processes``.
 
-    With CutMix/MixUp the accuracy counts the class with the larger share of each soft target. With fp16
-    the loss is scaled (``scaler``); a step whose gradients overflow is skipped.
+    ``model`` is the classifier, or its DDP wrapper. With CutMix/MixUp the accuracy counts the class with the
+    larger share of each soft target. With fp16 the loss is scaled (``scaler``); a step whose gradients overflow
+    is skipped (on every process alike: DDP has averaged the gradients before the scaler checks them).
     """
+    classifier = getattr(model, "module", model)
     model.train()
     total_loss, correct, seen, lr = 0.0, 0.0, 0, float("nan")
     for x, y, _ in loader:
@@ -205,9 +240,10 @@ def _train_epoch(model: Classifier, loader: DataLoader, mixer, criterion, optimi
         lr = schedule.get_last_lr()[0]  # the rate this step used
         schedule.step()
         total_loss += loss.item() * len(x)
-        hard = hard_labels(y, model.group_sizes) if y.dtype.is_floating_point else y
-        correct += _group_mean_correct(model, logits.detach(), hard)
+        hard = hard_labels(y, classifier.group_sizes) if y.dtype.is_floating_point else y
+        correct += _group_mean_correct(classifier, logits.detach(), hard)
         seen += len(x)
+    total_loss, correct, seen = processes.sum([total_loss, correct, seen])
     return {"lr": lr, "train_loss": total_loss / seen, "train_acc": correct / seen}
 
 
@@ -217,17 +253,25 @@ def _group_mean_correct(model: Classifier, logits: torch.Tensor, labels: torch.T
     return torch.stack(hits, 1).mean(1).sum().item()
 
 
-def _checkpoint(folder: Path, model, optimizer, schedule, scaler, epoch: int, curves: list[dict]) -> None:
-    trainer = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-               "scaler": scaler.state_dict(), "epoch": epoch}
-    checkpoint.save(folder, model, trainer, curves)
+def _checkpoint(folder: Path, model, optimizer, schedule, scaler, epoch: int, curves: list[dict], *,
+                processes: Processes = Processes()) -> None:
+    """The main process writes the epoch checkpoint, with the random states of every process."""
+    rng_states = processes.gather(checkpoint.rng_state())
+    if processes.is_main:
+        trainer = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                   "scaler": scaler.state_dict(), "epoch": epoch}
+        checkpoint.save(folder, model, trainer, curves, rng_states=rng_states)
+    processes.barrier()
 
 
-def _resume(folder: Path, model, optimizer, schedule, scaler) -> tuple[int, list[dict]]:
+def _resume(folder: Path, model, optimizer, schedule, scaler,
+            processes: Processes = Processes()) -> tuple[int, list[dict]]:
     found = checkpoint.find(folder)
+    if found is not None:
+        trainer, curves = checkpoint.load(found, model, rank=processes.index)
+    processes.barrier()  # every process has read the checkpoint before the main one may replace or remove it
     if found is None:
         return 0, []
-    trainer, curves = checkpoint.load(found, model)
     optimizer.load_state_dict(trainer["optimizer"])
     schedule.load_state_dict(trainer["schedule"])
     if trainer.get("scaler"):

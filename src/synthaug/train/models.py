@@ -39,7 +39,13 @@ class SmallCNN(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone → MLP head → one logit per class of every label group (sliced per group by the losses)."""
+    """Backbone → MLP head → one logit per class of every label group (sliced per group by the losses).
+
+    ``normalization`` is the input mean and std the backbone's pretrained weights expect (``{"mean", "std"}``),
+    or None for the presets' default (:func:`synthaug.train.augment.normalize`).
+    """
+
+    normalization: dict[str, list[float]] | None = None
 
     def __init__(self, backbone: nn.Module, num_features: int, schema: LabelSchema, head_hidden=(), dropout=0.0):
         super().__init__()
@@ -130,8 +136,24 @@ def create_classifier(config: ModelConfig, schema: LabelSchema, in_chans: int) -
                              "train.model.pretrained: false to train from random initialisation.") from None
         num_features = backbone.num_features
     model = Classifier(backbone, num_features, schema, config.head_hidden, config.dropout)
+    model.normalization = pretrained_normalization(config, backbone, in_chans)
     _freeze(model, config)
     return model
+
+
+def pretrained_normalization(config: ModelConfig, backbone: nn.Module, in_chans: int) -> dict | None:
+    """The mean and std of a pretrained timm backbone's config (what its weights were trained with), for
+    ``pretrained: true`` models whose config has one value per input channel; else None."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    if not config.pretrained or len(cfg.get("mean") or ()) != in_chans or len(cfg.get("std") or ()) != in_chans:
+        return None
+    return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
+
+
+def pretrained_input_size(config: ModelConfig, backbone: nn.Module) -> int | None:
+    """The image side a pretrained timm backbone's config names (``input_size``), for ``pretrained: true``."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    return int(cfg["input_size"][-1]) if config.pretrained and cfg.get("input_size") else None
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -149,7 +171,8 @@ def save_classifier(model: Classifier, config: ModelConfig, schema: LabelSchema,
     trainable, total = parameter_counts(model)
     (folder / "classifier.json").write_text(json.dumps({
         "model": config.model_dump(mode="json"), "schema": schema.to_dict(), "in_chans": in_chans,
-        "image_size": image_size, "parameters": {"trainable": trainable, "total": total}}, indent=2))
+        "image_size": image_size, "normalization": model.normalization,
+        "parameters": {"trainable": trainable, "total": total}}, indent=2))
 
 
 def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
@@ -162,4 +185,5 @@ def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> t
     config = ModelConfig(**{**meta["model"], "pretrained": False})
     model = create_classifier(config, LabelSchema.from_dict(meta["schema"]), meta["in_chans"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
+    model.normalization = meta.get("normalization")
     return model.to(device).eval(), meta

@@ -1,0 +1,98 @@
+"""Data-parallel classifier training under ``accelerate launch``: which process this is, the share of every batch
+it trains on, and the few collectives the training loop needs.
+
+Every process builds the same epoch plan (the batches are seeded by (seed, epoch)); process r takes every N-th
+key of each batch from position r, and DDP averages the gradients, so a step sees the whole batch as in one
+process and the number of steps, the learning-rate schedule and each image's augmentation seed do not depend on N.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` (or ``torchrun``) started: ``WORLD_SIZE``, 1 when run plainly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes that train one model together: this one's index and their count (``Processes()``: alone).
+
+    Attributes:
+        index: this process's rank (0: the main process, the only one that writes files).
+        count: the number of processes.
+        local_index: the rank on this machine (its GPU under CUDA).
+    """
+
+    index: int = 0
+    count: int = 1
+    local_index: int = 0
+
+    @classmethod
+    def launched(cls, device: torch.device) -> "Processes":
+        """The processes started by ``accelerate launch``; sets up accelerate's process group (gloo on CPU, NCCL
+        on CUDA) when there are several, and touches nothing when there is one."""
+        if launched_processes() < 2:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device.type == "cpu")
+        return cls(state.process_index, state.num_processes, state.local_process_index)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """This process's device: its own GPU (``cuda:<local rank>``) when several share a CUDA machine."""
+        if self.count > 1 and device.type == "cuda":
+            return torch.device("cuda", self.local_index)
+        return device
+
+    def barrier(self) -> None:
+        if self.count > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over the processes (the values themselves when alone)."""
+        if self.count == 1:
+            return values
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        total = torch.tensor(values, dtype=torch.float64, device=backend_device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def gather(self, obj: object) -> list:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if self.count == 1:
+            return [obj]
+        out = [None] * self.count
+        dist.all_gather_object(out, obj)
+        return out
+
+    def shard(self, batches: list[list]) -> list[list]:
+        """This process's part of every batch: every ``count``-th key from position ``index``.
+
+        A batch whose size is not a multiple of ``count`` is padded with its own first keys (as accelerate's
+        ``even_batches`` does), so every process steps the same number of times on equally many images.
+        """
+        if self.count == 1:
+            return batches
+        shards = []
+        for batch in batches:
+            padded = [batch[i % len(batch)] for i in range(len(batch) + (-len(batch) % self.count))]
+            shards.append(padded[self.index::self.count])
+        return shards
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` in DistributedDataParallel when there are several processes (gradients averaged)."""
+        if self.count == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                         else None)
