@@ -148,8 +148,8 @@ def test_recorded_splits_are_read_back_without_decoding_images(image_tree, tmp_p
     first = Experiment(cfg)
     first.stats()
     decoded = []
-    check = sources._image_problem
-    monkeypatch.setattr(sources, "_image_problem", lambda path: decoded.append(path) or check(path))
+    check = sources.decode_problem
+    monkeypatch.setattr(sources, "decode_problem", lambda path, mode: decoded.append(path) or check(path, mode))
     again = Experiment(cfg)
     for split in ("train", "val", "test"):
         assert getattr(again.splits, split).ids == getattr(first.splits, split).ids
