@@ -100,6 +100,9 @@ class PlanConfig(_Strict):
     total: int | None = Field(None, ge=1)  # rare-attributes: images in all, rarest sources first
     caption_template: str | None = None  # rare-attributes: None = "A person wearing {attributes} clothes"
     batch_size: int = Field(64, ge=1)  # generation batch size (does not change any image)
+    # images per durable batch of the synthetic store: one file-system sync + one manifest fsync per batch; a
+    # crash loses at most the unflushed batch, which a rerun makes again (does not change any image)
+    sync_every: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _rare_attributes_size(self):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -59,7 +60,27 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
+        if self.processes is not None and self.device.type == "cuda":
+            self.device = self.processes.device  # under accelerate launch: this rank's own GPU
         self._config_written = False
+
+    @cached_property
+    def processes(self):
+        """accelerate's ``PartialState`` when launched with several processes (``accelerate launch``), else
+        None. Rank 0 alone writes stage records; ranks share the generation (see :func:`fill_store`)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        from accelerate import PartialState
+
+        return PartialState()
+
+    @property
+    def is_main(self) -> bool:
+        return self.processes is None or self.processes.is_main_process
+
+    def _wait_for_everyone(self) -> None:
+        if self.processes is not None:
+            self.processes.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _accept_config(self) -> None:
@@ -89,7 +110,8 @@ class Experiment:
             f"{folder} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
 
     @contextmanager
-    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False) -> Iterator[dict | None]:
+    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False,
+               shared: bool = False) -> Iterator[dict | None]:
         """Yields None when ``rel`` is done with the same inputs; else a dict to fill with the stage's summary.
 
         Args:
@@ -97,7 +119,25 @@ class Experiment:
                 fingerprint, and the names let a mismatch say what changed.
             redo: for derived data: when the inputs changed, move the old folder aside and redo the stage.
                 Otherwise a changed finished (or started) stage is a :class:`StageMismatch`.
+            shared: under several processes every rank runs the stage's body (rank 0 prepares the folder
+                first and records the stage after all are through); otherwise rank 0 alone runs it and the
+                others are told it is done. Rank 0 alone writes records either way.
         """
+        if not self.is_main:
+            if shared:
+                self._wait_for_everyone()  # rank 0 has prepared the folder (or found the stage done)
+            record = self.dir / rel / "done.json"
+            done = record.is_file() and read_json(record).get("fingerprint") == fingerprint(parts)
+            yield None if done or not shared else {}
+            if shared:
+                self._wait_for_everyone()
+            return
+        with self._main_stage(rel, parts, redo=redo, shared=shared) as summary:
+            yield summary
+
+    @contextmanager
+    def _main_stage(self, rel: str, parts: dict[str, Any], *, redo: bool, shared: bool) -> Iterator[dict | None]:
+        wait = self._wait_for_everyone if shared else (lambda: None)
         folder = self.dir / rel
         fp = fingerprint(parts)
         part_fps = {k: fingerprint(v) for k, v in parts.items()}
@@ -105,7 +145,9 @@ class Experiment:
         previous = self._check(rel, parts, redo=redo)
         if previous is not None and previous.get("fingerprint") == fp:
             if record.is_file():
+                wait()
                 yield None
+                wait()
                 return
         elif previous is not None:
             changed = self._changed(previous, part_fps)
@@ -119,7 +161,9 @@ class Experiment:
         write_json(started, {"fingerprint": fp, "parts": part_fps})
         summary: dict[str, Any] = {}
         start = time.time()
+        wait()
         yield summary
+        wait()
         write_json(record, {"fingerprint": fp, "parts": part_fps, "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
 
@@ -175,7 +219,7 @@ class Experiment:
                 summary.update(train=len(self.splits.train), val=len(self.splits.val), test=len(self.splits.test),
                                skipped=self.splits.train.skipped)
         # statistics depend on the reporting thresholds too, which invalidate nothing: rewrite when they differ
-        if not (folder / "stats.json").is_file() or read_json(folder / "stats.json") != stats.to_dict():
+        if self.is_main and not (folder / "stats.json").is_file() or read_json(folder / "stats.json") != stats.to_dict():
             write_json(folder / "stats.json", stats.to_dict())
             (folder / "stats.txt").write_text(stats.format() + "\n")
             stats.bar_chart(folder / "class_counts.png")
@@ -228,6 +272,10 @@ class Experiment:
                 self.generator.fit(self.splits.train)
                 self.generator.check_loadable()
                 summary["generator"] = self.cfg.generator.name
+        if self.processes is not None:  # the other ranks sample from the model rank 0 trained
+            self._wait_for_everyone()
+            if not self.is_main:
+                self.generator.check_loadable()
         return self.generator
 
     # ------------------------------------------------------------------------------------------ synthetic sets
@@ -283,27 +331,36 @@ class Experiment:
         Changed sampling settings regenerate the set (the model is kept; the old set is kept aside). A plan
         that grew (or changed) reuses every image already made for an unchanged item.
         """
+        if hasattr(self, "_synthetic_store"):
+            return self._synthetic_store
         generator = self.fit_generator()
         folder = self.dir / "synthetic"
         record = folder / "done.json"
-        if record.is_file() and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
+        if self.is_main and record.is_file() and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
                 and read_json(record).get("plan") != self.plan_fp:
             log.info("The generation plan changed; generating the new items into %s.", folder)
             record.unlink()
-        with self._stage("synthetic", self._synthetic_parts, redo=True) as summary:
-            store = SyntheticStore(folder, self.splits.schema)
+        with self._stage("synthetic", self._synthetic_parts, redo=True, shared=True) as summary:
+            store = SyntheticStore(folder, self.splits.schema, sync_every=self.cfg.plan.sync_every)
             if summary is not None:
                 items = self.plan_items()
-                made = fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
-                                  progress=self.cfg.progress)
-                summary.update(planned=len(items), generated_now=made, plan=self.plan_fp)
-                self._sample_grid(store, folder / "samples.png")
+                listed = len(store.open()) if self.is_main else 0
+                fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
+                           progress=self.cfg.progress and self.is_main, processes=self.processes)
+                if self.is_main:
+                    summary.update(planned=len(items), generated_now=len(store) - listed, plan=self.plan_fp,
+                                   processes=1 if self.processes is None else self.processes.num_processes)
+                    self._sample_grid(store, folder / "samples.png")
+        self._synthetic_store = store  # opened once per experiment (its index), not once per arm and seed
         return store
 
     def synthetic_images(self) -> LabeledImages:
-        """The generated images of the current plan (a store may hold more, from a larger earlier plan)."""
-        ids = [it.item_id for it in self.plan_items()]
-        return self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+        """The generated images of the current plan (a store may hold more, from a larger earlier plan), in
+        plan order (so the same whatever the number of processes that made them)."""
+        if not hasattr(self, "_synthetic_images"):
+            ids = [it.item_id for it in self.plan_items()]
+            self._synthetic_images = self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+        return self._synthetic_images
 
     @cached_property
     def pseudo_control(self) -> str | None:
