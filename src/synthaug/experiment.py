@@ -60,7 +60,9 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
-        if self.processes is not None and self.device.type == "cuda":
+        if self.processes is not None and self.processes.device.type != self.device.type:
+            self.device = self.processes.device  # ACCELERATE_USE_CPU=1 on a GPU machine
+        elif self.processes is not None and self.device.type == "cuda":
             self.device = self.processes.device  # under accelerate launch: this rank's own GPU
         self._config_written = False
 
@@ -71,8 +73,11 @@ class Experiment:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        return PartialState()
+        # gloo on CPU: no GPU, `device: cpu`, or ACCELERATE_USE_CPU=1 (forces CPU ranks on a GPU machine)
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or resolve_device(self.cfg.device).type == "cpu"
+        return PartialState(cpu=cpu)
 
     @property
     def is_main(self) -> bool:
