@@ -224,7 +224,8 @@ class Experiment:
                 summary.update(train=len(self.splits.train), val=len(self.splits.val), test=len(self.splits.test),
                                skipped=self.splits.train.skipped)
         # statistics depend on the reporting thresholds too, which invalidate nothing: rewrite when they differ
-        if self.is_main and not (folder / "stats.json").is_file() or read_json(folder / "stats.json") != stats.to_dict():
+        if self.is_main and (not (folder / "stats.json").is_file()
+                             or read_json(folder / "stats.json") != stats.to_dict()):
             write_json(folder / "stats.json", stats.to_dict())
             (folder / "stats.txt").write_text(stats.format() + "\n")
             stats.bar_chart(folder / "class_counts.png")
