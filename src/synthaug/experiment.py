@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -48,6 +49,8 @@ from synthaug.utils import read_json, resolve_device, write_json
 from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+BARRIER_TIMEOUT_HOURS = 12  # longest wait at a barrier under accelerate launch (generator training on rank 0)
 
 # performance-only training fields: they change neither the weights nor the metrics, so no fingerprint has them
 PERFORMANCE = {"num_workers"}
@@ -77,7 +80,8 @@ class Experiment:
 
         # gloo on CPU: no GPU, `device: cpu`, or ACCELERATE_USE_CPU=1 (forces CPU ranks on a GPU machine)
         cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or resolve_device(self.cfg.device).type == "cpu"
-        return PartialState(cpu=cpu)
+        # other ranks wait at a barrier while rank 0 trains the generator: give barriers hours, not torch's 30 min
+        return PartialState(cpu=cpu, timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
 
     @property
     def is_main(self) -> bool:
