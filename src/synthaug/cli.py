@@ -93,6 +93,8 @@ def cmd_run(args) -> None:
     if names:
         _selected_arms(exp, list(names))
     report = exp.run(only=(lambda a: a.name in names) if names else None)
+    if not exp.is_main:  # under accelerate launch: rank 0 reports
+        return
     print()
     print(report["markdown"])
     print(f"Run folder: {exp.dir}  (report: {exp.dir / 'report' / 'results.md'})")

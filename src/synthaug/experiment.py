@@ -523,6 +523,10 @@ class Experiment:
         from synthaug.report.tables import build_report
 
         self.stats()
+        if any(a.synthetic == "generated" and (only is None or only(a)) for a in self.cfg.arms):
+            self.synthetic()  # under accelerate launch every rank takes its share of the generation
+        if not self.is_main:  # the stages after generation run on rank 0
+            return {}
         for arm in self.cfg.arms:
             if only is not None and not only(arm):
                 continue
