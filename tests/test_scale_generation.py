@@ -7,7 +7,6 @@ every store must hold the same items with the same pixels.
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -346,7 +346,8 @@ class Experiment:
         generator = self.fit_generator()
         folder = self.dir / "synthetic"
         record = folder / "done.json"
-        if self.is_main and record.is_file() and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
+        if self.is_main and record.is_file() \
+                and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
                 and read_json(record).get("plan") != self.plan_fp:
             log.info("The generation plan changed; generating the new items into %s.", folder)
             record.unlink()

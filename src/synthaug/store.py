@@ -23,7 +23,6 @@ parsing (and stat-ing) every line. ``verify=True`` forces the full check.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import hashlib

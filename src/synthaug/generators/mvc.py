@@ -45,7 +45,7 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from pydantic import Field
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm

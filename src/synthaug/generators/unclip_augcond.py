@@ -10,7 +10,8 @@ the class, in pixel space or in embedding space, each with or without dropout.
 ``fit`` only records the real images (ids, labels, files) under ``workdir/real``; their CLIP image embeddings
 are computed once, in batches, and cached beside them (``clip_image_embeds.safetensors``, read memory-mapped).
 ``sample`` picks and augments them per item, every draw from the item's seed, so an item gives the same
-image whatever batch it is in; only pixel-space mixes are encoded at sampling time, one batch per call. The real image ids used are written to the manifest's ``source_ids``.
+image whatever batch it is in; only pixel-space mixes are encoded at sampling time, one batch per call.
+The real image ids used are written to the manifest's ``source_ids``.
 
 An unlabelled item (the pseudo-labelled control) is conditioned class-agnostically: its real images are drawn
 from all classes and its prompt is the template with no label (empty for the default ``{attributes}``).
