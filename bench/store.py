@@ -44,6 +44,7 @@ def child(n: int, root: Path, sync_every: int) -> None:
     start = time.perf_counter()
     fill_store(gen, items, store, batch_size=256, progress=False, processes=processes)
     seconds = time.perf_counter() - start
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the open timings
     if processes is not None and not processes.is_main_process:
         return
     t = time.perf_counter()
@@ -53,7 +54,7 @@ def child(n: int, root: Path, sync_every: int) -> None:
     open_store(root, verify=True).open(repair=False)
     open_verify = time.perf_counter() - t
     print(json.dumps({"items": n, "listed": opened, "seconds": round(seconds, 2), "items_per_s": round(n / seconds),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                      "peak_rss_mb": peak_rss_mb,
                       "open_index_s": round(open_index, 3), "open_verify_s": round(open_verify, 3)}), flush=True)
 
 
