@@ -90,7 +90,8 @@ def test_class_names_never_become_paths(tmp_path):
     image = Image.new("L", (4, 4))
     for c, name in enumerate(schema.groups[0].classes):
         store.write(PlanItem(f"{name}-00000", (c,), 1), image)
-    files = sorted(p.name for p in (tmp_path / "set" / "images").iterdir())
+    store.flush()
+    files = sorted(p.name for p in (tmp_path / "set" / "images").rglob("*") if p.is_file())
     assert len(files) == 3 and all("/" not in f and not f.startswith(".") for f in files)
     assert not (tmp_path / "up-00000.png").exists() and not (tmp_path / "set" / "images" / "a").exists()
     assert (tmp_path / "set" / "images" / "ünï_code-00000.png").is_file() or any("ünï" in f for f in files)

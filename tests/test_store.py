@@ -16,7 +16,7 @@ from noise_generator import NoiseGenerator  # noqa: E402,F401  (registers "test-
 from synthaug.data import LabelSchema
 from synthaug.generators import create_generator, fill_store
 from synthaug.plan import make_items
-from synthaug.store import StoreError, SyntheticStore, open_store
+from synthaug.store import StoreError, SyntheticStore, image_path, open_store
 
 SCHEMA = LabelSchema.single(["zero", "one", "two"], name="digit")
 
@@ -35,7 +35,7 @@ def _check_complete(store: SyntheticStore, items):
     for r in recs:
         on_disk = np.asarray(Image.open(store.root / r["file_name"]))
         assert (on_disk == np.asarray(gen.generate([by_id[r["item_id"]]])[0])).all()
-    assert not list((store.root / "images").glob(".tmp-*"))
+    assert not list((store.root / "images").glob("**/.tmp-*"))
 
 
 def test_manifest_fields_and_loading(tmp_path):
@@ -43,7 +43,7 @@ def test_manifest_fields_and_loading(tmp_path):
     gen = create_generator("test-noise", {}, SCHEMA)
     assert fill_store(gen, _items(), store, batch_size=4, progress=False) == 15
     rec = json.loads(store.metadata_path.read_text().splitlines()[0])
-    assert rec["file_name"] == "images/one-00000.png"
+    assert rec["file_name"] == image_path("one-00000") and rec["file_name"].count("/") == 2  # a bucket folder
     assert rec["labels"] == {"digit": "one"} and rec["label_ids"] == [1] and rec["method"] == "test-noise"
     assert isinstance(rec["seed"], int)
     loaded = open_store(tmp_path / "s").load(mode="L")
@@ -67,8 +67,10 @@ def test_recovers_from_torn_line_missing_image_and_temp_files(tmp_path):
     fill_store(gen, items[:8], store, progress=False)
     with open(store.metadata_path, "a") as f:  # a crash mid-append
         f.write('{"file_name": "images/two-00003.png", "item_')
-    (store.root / "images" / "one-00002.png").unlink()  # listed but missing
-    (store.root / "images" / ".tmp-two-00004.png.x").write_bytes(b"partial")
+    (store.root / image_path("one-00002")).unlink()  # listed but missing
+    stray = store.root / image_path("two-00004")
+    stray.parent.mkdir(exist_ok=True)
+    stray.with_name(".tmp-two-00004.png").write_bytes(b"partial")
     store = SyntheticStore(tmp_path / "s", SCHEMA)
     assert len(store) == 7
     fill_store(gen, items, store, batch_size=3, progress=False)
@@ -95,7 +97,7 @@ from synthaug.generators import create_generator, fill_store
 from synthaug.plan import make_items
 from synthaug.store import SyntheticStore
 schema = LabelSchema.single(["zero", "one", "two"], name="digit")
-store = SyntheticStore({str(root)!r}, schema)
+store = SyntheticStore({str(root)!r}, schema, sync_every=2)
 fill_store(create_generator("test-noise", {{"delay": 0.1}}, schema), make_items(schema, [0, 6, 9], seed=0),
            store, batch_size=1, progress=False)
 """
@@ -123,3 +125,4 @@ def test_loads_with_hf_imagefolder(tmp_path):
     row = ds[0]
     assert row["image"].size == (8, 8)
     assert row["labels"]["digit"] in ("one", "two") and isinstance(row["seed"], int)
+    assert sorted(set(ds["label"])) == ["one", "two"]  # the class, not the bucket folder's name

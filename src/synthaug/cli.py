@@ -56,7 +56,8 @@ def cmd_stats(args) -> None:
 def cmd_generate(args) -> None:
     exp = _experiment(args)
     store = exp.synthetic()
-    print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
+    if exp.is_main:  # under accelerate launch: one line, not one per process
+        print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
 
 
 def cmd_filter(args) -> None:

@@ -104,6 +104,9 @@ class PlanConfig(_Strict):
     # generate ceil(factor × count) images per class so that each class still reaches its count after the
     # filters; arms take the first `count` kept images of each class (per-class strategies only)
     overgenerate: float = Field(1.0, ge=1)
+    # images per durable batch of the synthetic store: one file-system sync + one manifest fsync per batch; a
+    # crash loses at most the unflushed batch, which a rerun makes again (does not change any image)
+    sync_every: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _rare_attributes_size(self):

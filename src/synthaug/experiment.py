@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -90,9 +91,18 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
-        # under `accelerate launch`: classifier training runs data-parallel; only the main process writes
+        # under `accelerate launch`: generation and classifier training are shared; only the main process writes
         self.processes = Processes.launched(self.device)
+        self.device = self.processes.device(self.device)
         self._config_written = False
+        self._synthetic_images: dict[bool, LabeledImages] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.processes.is_main
+
+    def _wait_for_everyone(self) -> None:
+        self.processes.barrier()
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _accept_config(self) -> None:
@@ -122,7 +132,8 @@ class Experiment:
             f"{folder} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
 
     @contextmanager
-    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False) -> Iterator[dict | None]:
+    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False,
+               shared: bool = False) -> Iterator[dict | None]:
         """Yields None when ``rel`` is done with the same inputs; else a dict to fill with the stage's summary.
 
         Args:
@@ -130,7 +141,29 @@ class Experiment:
                 fingerprint, and the names let a mismatch say what changed.
             redo: for derived data: when the inputs changed, move the old folder aside and redo the stage.
                 Otherwise a changed finished (or started) stage is a :class:`StageMismatch`.
+            shared: under several processes every rank runs the stage's body (rank 0 prepares the folder
+                first and records the stage after all are through); otherwise rank 0 alone runs it and the
+                others are told it is done. Rank 0 alone writes records either way.
         """
+        if not self.is_main:
+            if not shared:  # rank 0 runs the stage alone: wait until it is recorded
+                self._wait_for_everyone()
+                yield None
+                return
+            self._wait_for_everyone()  # rank 0 has prepared the folder (or found the stage done)
+            record = self.dir / rel / "done.json"
+            done = record.is_file() and read_json(record).get("fingerprint") == fingerprint(parts)
+            yield None if done else {}
+            self._wait_for_everyone()
+            return
+        with self._main_stage(rel, parts, redo=redo, shared=shared) as summary:
+            yield summary
+        if not shared:
+            self._wait_for_everyone()  # the others wait for this record
+
+    @contextmanager
+    def _main_stage(self, rel: str, parts: dict[str, Any], *, redo: bool, shared: bool) -> Iterator[dict | None]:
+        wait = self._wait_for_everyone if shared else (lambda: None)
         folder = self.dir / rel
         fp = fingerprint(parts)
         part_fps = {k: fingerprint(v) for k, v in parts.items()}
@@ -138,11 +171,10 @@ class Experiment:
         previous = self._check(rel, parts, redo=redo)
         if previous is not None and previous.get("fingerprint") == fp:
             if record.is_file():
+                wait()
                 yield None
+                wait()
                 return
-        if not self.processes.is_main:  # the other processes do their share of the work and write no record
-            yield {}
-            return
         if previous is not None and previous.get("fingerprint") != fp:
             changed = self._changed(previous, part_fps)
             aside = folder.with_name(f"{folder.name}.stale-{previous['fingerprint'][:8]}")
@@ -155,7 +187,9 @@ class Experiment:
         write_json(started, {"fingerprint": fp, "parts": part_fps})
         summary: dict[str, Any] = {}
         start = time.time()
+        wait()
         yield summary
+        wait()
         write_json(record, {"fingerprint": fp, "parts": part_fps, "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
 
@@ -301,6 +335,8 @@ class Experiment:
                 self.generator.fit(self.splits.train)
                 self.generator.check_loadable()
                 summary["generator"] = self.cfg.generator.name
+        if not self.is_main:  # the other ranks sample from the model rank 0 trained (and recorded)
+            self.generator.check_loadable()
         return self.generator
 
     # ------------------------------------------------------------------------------------------ synthetic sets
@@ -376,34 +412,45 @@ class Experiment:
         Changed sampling settings regenerate the set (the model is kept; the old set is kept aside). A plan
         that grew (or changed) reuses every image already made for an unchanged item.
         """
+        if hasattr(self, "_synthetic_store"):
+            return self._synthetic_store
         generator = self.fit_generator()
         folder = self.dir / "synthetic"
         record = folder / "done.json"
-        if record.is_file() and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
+        if self.is_main and record.is_file() \
+                and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
                 and read_json(record).get("plan") != self.plan_fp:
             log.info("The generation plan changed; generating the new items into %s.", folder)
             record.unlink()
-        with self._stage("synthetic", self._synthetic_parts, redo=True) as summary:
-            store = SyntheticStore(folder, self.splits.schema)
+        with self._stage("synthetic", self._synthetic_parts, redo=True, shared=True) as summary:
+            store = SyntheticStore(folder, self.splits.schema, sync_every=self.cfg.plan.sync_every)
             if summary is not None:
                 items = self.plan_items()
-                made = fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
-                                  progress=self.cfg.progress)
-                summary.update(planned=len(items), generated_now=made, plan=self.plan_fp)
-                self._sample_grid(store, folder / "samples.png")
+                listed = len(store.open()) if self.is_main else 0
+                fill_store(generator, items, store, batch_size=self.cfg.plan.batch_size,
+                           progress=self.cfg.progress and self.is_main, processes=self.processes)
+                if self.is_main:
+                    summary.update(planned=len(items), generated_now=len(store) - listed, plan=self.plan_fp,
+                                   processes=self.processes.count)
+                    self._sample_grid(store, folder / "samples.png")
+        self._synthetic_store = store  # opened once per experiment (its index), not once per arm and seed
         return store
 
     def synthetic_images(self, *, filtered: bool = False) -> LabeledImages:
-        """The generated images arms train on: with ``filtered`` and ``filters`` configured, the first target
-        count of images per class that every filter kept (see :meth:`filter_synthetic`); else the target items
-        of the plan, unfiltered (a store may hold more, from a larger earlier plan)."""
-        if filtered and self.cfg.filters:
-            from synthaug.filters.stage import selected_ids
+        """The generated images arms train on, in plan order (the same whatever the number of processes that
+        made them): with ``filtered`` and ``filters`` configured, the first target count of images per class that
+        every filter kept (see :meth:`filter_synthetic`); else the target items of the plan, unfiltered (a store
+        may hold more, from a larger earlier plan). Loaded once per experiment."""
+        filtered = filtered and bool(self.cfg.filters)
+        if filtered not in self._synthetic_images:
+            if filtered:
+                from synthaug.filters.stage import selected_ids
 
-            ids = selected_ids(self)
-        else:
-            ids = [it.item_id for it in self.target_items()]
-        return self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+                ids = selected_ids(self)
+            else:
+                ids = [it.item_id for it in self.target_items()]
+            self._synthetic_images[filtered] = self.synthetic().load(mode=self.splits.train.mode, ids=ids)
+        return self._synthetic_images[filtered]
 
     def filter_synthetic(self) -> dict:
         """Stage ``filter``: every configured filter keeps or rejects every generated image (decisions in
@@ -508,7 +555,7 @@ class Experiment:
         the epoch checkpoint is removed only after that. Returns the stage's record."""
         folder = self.dir / rel
         main = self.processes.is_main
-        with self._stage(rel, parts) as summary:
+        with self._stage(rel, parts, shared=True) as summary:  # every process trains its share
             if summary is not None:
                 if main:
                     write_json(folder / "train_config.json", tcfg.model_dump(mode="json"))
@@ -576,6 +623,8 @@ class Experiment:
         """Every stage in order; returns the report (see :mod:`synthaug.report.tables`), or None on a process
         other than the main one under ``accelerate launch``."""
         self.stats()
+        if any(a.synthetic == "generated" and (only is None or only(a)) for a in self.cfg.arms):
+            self.synthetic()  # under accelerate launch every rank takes its share of the generation
         for arm in self.cfg.arms:
             if only is not None and not only(arm):
                 continue

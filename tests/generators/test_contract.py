@@ -78,6 +78,7 @@ def setups(tiny_sd_dir, unclip_dir, classifier_dir) -> dict[str, tuple[dict, int
         "pseudo-label": ({"classifier": str(classifier_dir), "base": "ddpm", "base_params": TINY_DDPM}, 16),
         "pseudo-label/sd-text2img": ({"classifier": str(classifier_dir), "base": "sd-text2img",
                                       "base_params": sd}, 16),
+        "noise": ({"image_size": 16, "channels": 3}, 16),
         "test-noise": ({"size": 8}, 8),  # tests/noise_generator.py, when another test module registered it
     }
 

@@ -11,7 +11,7 @@ from synthaug.data.schema import LabelSchema
 from synthaug.generators import GENERATORS, create_generator, fill_store
 from synthaug.generators.sd_common import item_generators, load_pipeline, resolve_checkpoint
 from synthaug.plan import PlanItem, make_items
-from synthaug.store import SyntheticStore
+from synthaug.store import SyntheticStore, image_path
 from tiny_sd import tiny_clip_tokenizer
 
 SCHEMA = LabelSchema.single(["cat", "dog", "golden_retriever"])
@@ -64,9 +64,9 @@ def test_same_item_same_image_whatever_the_batch(tiny_sd_dir, tmp_path, schedule
     one, three = SyntheticStore(tmp_path / "b1", SCHEMA), SyntheticStore(tmp_path / "b3", SCHEMA)
     fill_store(gen, items, one, batch_size=1, progress=False)
     fill_store(gen, items, three, batch_size=3, progress=False)
-    images = [_pixels(tmp_path / "b1" / "images" / f"{it.item_id}.png") for it in items]
+    images = [_pixels(tmp_path / "b1" / image_path(it.item_id)) for it in items]
     for it, a in zip(items, images):
-        b = _pixels(tmp_path / "b3" / "images" / f"{it.item_id}.png")
+        b = _pixels(tmp_path / "b3" / image_path(it.item_id))
         # equal up to float rounding (~1e-6 before quantising): batched kernels may sum in another order
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01

@@ -138,3 +138,24 @@ def test_clear_errors(unclip_dir, real, tmp_path):
     missing.fit(real)
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         missing.generate(_items()[:1])
+
+
+def test_real_image_embeddings_are_encoded_once_and_reused(unclip_dir, real, tmp_path):
+    """The real images' CLIP embeddings are computed once (at check_loadable, after fit) and read from their
+    cache; only pixel-space mixes are encoded while sampling, one batch per call."""
+    gen = _generator(unclip_dir, tmp_path / "work", method="embed-mixup")
+    gen.fit(real)
+    gen.check_loadable()
+    cache = tmp_path / "work" / "real" / "clip_image_embeds.safetensors"
+    made = cache.stat().st_mtime_ns
+    encode, calls = gen._encode, []
+    assert torch.allclose(gen._real_embedding(3), encode([real.image(3)])[0], atol=1e-5)
+
+    for method, encoded in (("embed-mixup", []), ("random-image", []), ("mixup", [3])):
+        other = _generator(unclip_dir, tmp_path / "work", method=method)
+        calls.clear()
+        inner = other._encode
+        other._encode = lambda images, inner=inner: calls.append(len(images)) or inner(images)
+        other.sample(_items())
+        assert calls == encoded, method
+    assert cache.stat().st_mtime_ns == made, "the cache was reused, not rebuilt"

@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 from PIL import Image
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.plan import PlanItem
 from synthaug.generators.configs import GENERATORS, GeneratorConfig, generator_config  # noqa: F401
-from synthaug.store import SyntheticStore
+from synthaug.store import StoreError, SyntheticStore
 from synthaug.errors import SettingError
 
 log = logging.getLogger(__name__)
@@ -125,22 +125,70 @@ def create_generator(
     return cls(config, schema, device=torch.device(device), workdir=Path(workdir), seed=seed, progress=progress)
 
 
+class Processes(Protocol):
+    """The process group generation runs in: accelerate's ``PartialState`` has these members."""
+
+    process_index: int
+    num_processes: int
+    is_main_process: bool
+
+    def wait_for_everyone(self) -> None: ...
+
+
+def plan_slice(items: Sequence[PlanItem], process_index: int, num_processes: int) -> list[PlanItem]:
+    """Process ``process_index``'s share of the plan: every ``num_processes``-th item. Fixed by the plan alone,
+    so the slices are disjoint and cover the plan whatever each process finds done when it starts."""
+    return list(items[process_index::num_processes])
+
+
 def fill_store(
     generator: Generator, items: Sequence[PlanItem], store: SyntheticStore, *, batch_size: int = 32,
-    progress: bool = True, process_index: int = 0, num_processes: int = 1,
+    progress: bool = True, processes: Processes | None = None,
 ) -> int:
-    """Generates the plan items the store does not hold yet and writes them; returns how many were made.
+    """Generates the plan items the store does not hold yet and writes them; returns how many this process made.
 
-    Under ``accelerate launch`` pass the rank and world size: each rank takes a disjoint slice of the
-    pending items, so the union equals the single-process result.
+    Under ``accelerate launch`` pass the process group (``accelerate.PartialState()``): rank 0 alone repairs
+    the store and records the plan while the others wait; then each rank makes the missing items of its own
+    slice of the plan (:func:`plan_slice`) and appends to its own journal; after a barrier rank 0 folds the
+    journals into the manifest. The union equals the single-process result item for item (per-item seeds).
+    Every process must call this (it holds barriers). The store must have been opened by no process yet.
     """
     if batch_size < 1:
         raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
-    pending = store.attach_plan(items) if process_index == 0 else [
-        it for it in items if it.item_id not in store.done_ids()]
-    pending = list(pending)[process_index::num_processes]
+    rank, world = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
+    store.rank = rank
+    if rank == 0:  # exclusive: the others wait at the barrier below
+        store.open(repair=True)
+        store.remove_temporaries()
+        store.attach_plan(items)
+    if world > 1:
+        processes.wait_for_everyone()
+        if rank != 0:
+            store.open(repair=False)
+    pending = [it for it in plan_slice(items, rank, world) if it.item_id not in store]
+    try:
+        _generate_into(generator, pending, store, batch_size=batch_size, progress=progress)
+    except StoreError:
+        raise  # the disk refused a write: the store dropped its unlisted images
+    except BaseException:
+        store.flush()  # interrupted or failed: keep the finished images of the open batch
+        raise
+    if world > 1:
+        processes.wait_for_everyone()
+        if rank == 0:
+            store.merge()
+        processes.wait_for_everyone()
+        if rank != 0:
+            store.open(repair=False)
+    else:
+        store.write_index()
+    return len(pending)
+
+
+def _generate_into(generator: Generator, pending: Sequence[PlanItem], store: SyntheticStore, *, batch_size: int,
+                   progress: bool) -> None:
     if not pending:
-        return 0
+        return
     prov = generator.provenance()
     bar = tqdm(total=len(pending), desc=f"generate [{generator.name}]", unit="img", disable=not progress)
     for b in range(math.ceil(len(pending) / batch_size)):
@@ -151,5 +199,5 @@ def fill_store(
         for item, out in zip(batch, made):
             store.write(item, out.image, {**prov, **out.meta})
         bar.update(len(batch))
+    store.flush()
     bar.close()
-    return len(pending)

@@ -21,6 +21,7 @@ GENERATORS: Registry = Registry("generator", {
     "mvc": "synthaug.generators.mvc:MVCGenerator",
     "unclip-augcond": "synthaug.generators.unclip_augcond:UnCLIPAugCondGenerator",
     "pseudo-label": "synthaug.generators.pseudo_label:PseudoLabelGenerator",
+    "noise": "synthaug.generators.noise:NoiseGenerator",
 })
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -241,10 +242,17 @@ class PseudoLabelConfig(GeneratorConfig):
     base_workdir: str | None = None  # where the base generator keeps its trained model (default: workdir/base)
 
 
+class NoiseConfig(GeneratorConfig):
+    """Uniform noise from each item's seed (for benchmarks and tests of the store and the data path)."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"image_size", "channels"})
+
+    image_size: int = Field(32, ge=1)  # square images of this side
+    channels: Literal[1, 3] = 3  # 1: greyscale (L), 3: RGB
+
 
 CONFIGS: dict[str, type[GeneratorConfig]] = {
     "ddpm": DDPMConfig, "sd-text2img": SDText2ImgConfig, "sd-finetune": SDFinetuneConfig, "mvc": MVCConfig,
-    "unclip-augcond": UnCLIPAugCondConfig, "pseudo-label": PseudoLabelConfig,
+    "unclip-augcond": UnCLIPAugCondConfig, "pseudo-label": PseudoLabelConfig, "noise": NoiseConfig,
 }
 
 

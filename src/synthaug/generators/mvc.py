@@ -6,7 +6,8 @@
    captions are all alike and Algorithm 1 copies identical values, i.e. the mixing does nothing (a warning
    says so at run time); diversity then comes only from the noise and, fine-tuned, the conditioning image.
 2. Each caption becomes a CLIP text embedding e ∈ R^{m×d} (the pipeline's text encoder, last hidden state,
-   m = the tokenizer's max length); they are stored per class in ``workdir/text_embeds.safetensors``.
+   m = the tokenizer's max length); they are stored in fp16, one file per class, in ``workdir/text_embeds/``,
+   and read class by class when used, so no process holds every class's embeddings.
 3. Per plan item, Algorithm 1 (:func:`~synthaug.generators.embedding_mix.mix_embeddings`) mixes embeddings
    of the item's class into a new one, passed as ``prompt_embeds`` with the empty prompt's embedding as
    ``negative_prompt_embeds`` for classifier-free guidance.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -42,7 +44,8 @@ from diffusers import (
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -163,6 +166,36 @@ def _class_key(label: Sequence[int]) -> str:
     return "class/" + ",".join(str(int(i)) for i in label)
 
 
+EMBEDS = "text_embeds"  # folder of the caption embeddings: one safetensors file per class, plus the empty prompt
+EMBED_BATCH = 64  # captions per text-encoder call while embedding
+CACHED_CLASSES = 8  # classes whose embeddings a process keeps in memory (fp32)
+
+
+def _embeds_file(folder: Path, key: str) -> Path:
+    return folder / f"{key.replace('/', '-')}.safetensors"
+
+
+class ClassEmbeddings:
+    """The stored caption embeddings (n, m, d) by class key (and ``"empty"``, the empty prompt's): a class's fp16
+    file is read (memory-mapped) when the class is asked for, and only the ``CACHED_CLASSES`` most recently used
+    are kept, in fp32. Plans list items class by class, so a process holds a few classes, never all."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with safe_open(_embeds_file(self.folder, key), framework="pt") as f:
+            tensor = f.get_tensor("embeds").float()
+        self._cache[key] = tensor
+        if len(self._cache) > CACHED_CLASSES:
+            self._cache.popitem(last=False)
+        return tensor
+
+
 @register_generator("mvc")
 class MVCGenerator(Generator):
     """Stable Diffusion conditioned on MVC-mixed caption embeddings (and, fine-tuned, a same-class image)."""
@@ -172,7 +205,7 @@ class MVCGenerator(Generator):
     pseudo_control = None  # every condition names its class (see the module docstring)
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None
-    _embeds: dict[str, torch.Tensor] | None = None
+    _embeds: ClassEmbeddings | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -236,7 +269,7 @@ class MVCGenerator(Generator):
 
     def _embeddings_current(self) -> bool:
         meta = self.workdir / "text_embeds.json"
-        return (meta.is_file() and (self.workdir / "text_embeds.safetensors").is_file()
+        return (meta.is_file() and (self.workdir / EMBEDS / "empty.safetensors").is_file()
                 and read_json(meta)["record"] == self._embedding_record())
 
     def is_fitted(self) -> bool:
@@ -322,11 +355,17 @@ class MVCGenerator(Generator):
                 self._train(base or self._base_pipeline())
 
     def _save_embeddings(self, pipe: DiffusionPipeline, real: LabeledImages, captions: list[str]) -> None:
-        embeds = encode_text(pipe, captions)
-        tensors = {_class_key(label): embeds[torch.as_tensor(idx)].to(torch.float16).contiguous()
-                   for label, idx in class_pools(real).items()}
-        tensors["empty"] = encode_text(pipe, [""]).to(torch.float16)
-        save_file(tensors, self.workdir / "text_embeds.safetensors")  # fp16 halves the disk; ample for CLIP
+        """Embeds the captions class by class (``EMBED_BATCH`` per encoder call) into one fp16 file per class
+        (fp16 halves the disk; ample for CLIP); the record is written last."""
+        folder = self.workdir / EMBEDS
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for label, idx in class_pools(real).items():
+            texts = [captions[i] for i in idx.tolist()]
+            rows = [encode_text(pipe, texts[b : b + EMBED_BATCH]).to(torch.float16)
+                    for b in range(0, len(texts), EMBED_BATCH)]
+            save_file({"embeds": torch.cat(rows).contiguous()}, _embeds_file(folder, _class_key(label)))
+        save_file({"embeds": encode_text(pipe, [""]).to(torch.float16).contiguous()}, _embeds_file(folder, "empty"))
         write_json(self.workdir / "captions.json", dict(zip(real.ids, captions)))
         write_json(self.workdir / "text_embeds.json", {"record": self._embedding_record()})
 
@@ -343,7 +382,7 @@ class MVCGenerator(Generator):
         if not self._embeddings_current():
             raise MissingFileError(
                 f"mvc has no caption embeddings in {self.workdir} for this data and config (looked for "
-                "real/real.json and text_embeds.json/.safetensors); run fit(real) first (`synthaug generate` "
+                "real/real.json, text_embeds.json and text_embeds/); run fit(real) first (`synthaug generate` "
                 "does).")
         if c.mode == "finetuned" and c.checkpoint is not None:
             self._check_checkpoint()
@@ -352,13 +391,12 @@ class MVCGenerator(Generator):
                                     "model_index.json); run fit(real) with mode 'finetuned' to train it, or "
                                     "set generator.params.checkpoint to a trained one.")
 
-    def _load_data(self) -> tuple[LabeledImages, dict, dict[str, torch.Tensor]]:
-        """The recorded real images, their class pools and the class embeddings (loaded once)."""
+    def _load_data(self) -> tuple[LabeledImages, dict, ClassEmbeddings]:
+        """The recorded real images, their class pools and the class embeddings (read lazily)."""
         if self._real is None or self._embeds is None:
             self._real = load_real_images(self.workdir / "real", self.schema)
             self._pools = class_pools(self._real)
-            stored = load_file(self.workdir / "text_embeds.safetensors")
-            self._embeds = {k: v.float() for k, v in stored.items()}
+            self._embeds = ClassEmbeddings(self.workdir / EMBEDS)
             self._captions = read_json(self.workdir / "captions.json")
         return self._real, self._pools, self._embeds
 

@@ -7,9 +7,11 @@ image of the item's class, augmented by one of ten methods (:mod:`synthaug.gener
 unchanged image ("random-image", the baseline), dropout on its embedding, or Mixup / CutMix of two images of
 the class, in pixel space or in embedding space, each with or without dropout.
 
-``fit`` only records the real images (ids, labels, files) under ``workdir/real``; ``sample`` picks,
-augments and encodes them per item, every draw from the item's seed, so an item gives the same image
-whatever batch it is in. The real image ids used are written to the manifest's ``source_ids``.
+``fit`` only records the real images (ids, labels, files) under ``workdir/real``; their CLIP image embeddings
+are computed once, in batches, and cached beside them (``clip_image_embeds.safetensors``, read memory-mapped).
+``sample`` picks and augments them per item, every draw from the item's seed, so an item gives the same
+image whatever batch it is in; only pixel-space mixes are encoded at sampling time, one batch per call.
+The real image ids used are written to the manifest's ``source_ids``.
 
 An unlabelled item (the pseudo-labelled control) is conditioned class-agnostically: its real images are drawn
 from all classes and its prompt is the template with no label (empty for the default ``{attributes}``).
@@ -17,6 +19,7 @@ from all classes and its prompt is the template with no label (empty for the def
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -25,6 +28,8 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 from pydantic import Field
+from safetensors import safe_open
+from safetensors.torch import save
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.augcond import (
@@ -39,13 +44,18 @@ from synthaug.generators.sd_common import (
 )
 from synthaug.imaging import to_pil
 from synthaug.plan import PlanItem
-from synthaug.utils import derive_seed
+from synthaug.utils import atomic_write, derive_seed
 from synthaug.errors import SettingError
 
+EMBED_BATCH = 64  # real images per CLIP encode when filling the embedding cache
+
+
+def _metadata(path: Path) -> dict[str, str] | None:
+    with safe_open(path, framework="pt") as f:
+        return f.metadata()
+
+
 # ------------------------------------------------------------------------------------ generator
-
-
-
 
 @register_generator("unclip-augcond")
 class UnCLIPAugCondGenerator(Generator):
@@ -57,6 +67,7 @@ class UnCLIPAugCondGenerator(Generator):
                       "prompt, labelled by the real-only classifier")
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None
+    _embeds = None  # safe_open handle of the cached real-image embeddings
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,7 +89,7 @@ class UnCLIPAugCondGenerator(Generator):
         if len(real) == 0:
             raise SettingError("unclip-augcond needs real training images to condition on, but got none.")
         save_real_images(real, self.real_dir)
-        self._real = None
+        self._real = self._embeds = None
 
     def is_fitted(self) -> bool:
         return (self.real_dir / "real.json").is_file()
@@ -108,42 +119,86 @@ class UnCLIPAugCondGenerator(Generator):
         encoder = pipe.image_encoder
         return encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds.float()
 
-    def condition(self, item: PlanItem) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The augmented image embedding (d,) for one item, and what went into it (for the manifest).
+    @property
+    def embeds_path(self) -> Path:
+        return self.real_dir / "clip_image_embeds.safetensors"
 
-        Every random choice (images, λ, box, dropout mask) comes from the item's seed.
+    def real_embeddings(self):
+        """The CLIP image embedding of every recorded real image, computed once (in batches of
+        ``EMBED_BATCH``) and cached in ``workdir/real/clip_image_embeds.safetensors``; returned as an open
+        ``safe_open`` handle (memory-mapped: rows are read when used). The cache names the model, dtype and
+        real images it was made from and is remade when one of them changed."""
+        if self._embeds is None:
+            real, _ = self._real_images()
+            key = {"model": self.config.model, "dtype": self.precision,
+                   "real": hashlib.sha256("\n".join(real.ids).encode()).hexdigest()}
+            if not self.embeds_path.is_file() or _metadata(self.embeds_path) != key:
+                rows = [self._encode([real.image(i) for i in range(b, min(b + EMBED_BATCH, len(real)))])
+                        for b in range(0, len(real), EMBED_BATCH)]
+                data = save({"embeds": torch.cat(rows).contiguous()}, metadata=key)
+                with atomic_write(self.embeds_path, "wb") as f:
+                    f.write(data)
+            self._embeds = safe_open(self.embeds_path, framework="pt")
+        return self._embeds
+
+    def _real_embedding(self, i: int) -> torch.Tensor:
+        return self.real_embeddings().get_slice("embeds")[i : i + 1][0].float()
+
+    def condition(self, item: PlanItem) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The augmented image embedding (d,) for one item, and what went into it (for the manifest)."""
+        return self.conditions([item])[0]
+
+    def conditions(self, items: Sequence[PlanItem]) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        """The augmented image embedding (d,) of each item, and what went into it (for the manifest).
+
+        Every random choice (images, λ, box, dropout mask) comes from the item's own seed. Real images come
+        from the cached embeddings (:meth:`real_embeddings`); only pixel-space mixes are encoded, in one
+        batch for all items.
         """
         c, recipe = self.config, self.recipe
         real, pools = self._real_images()
-        rng = np.random.default_rng(derive_seed(item.seed, "unclip-augcond"))
-        idx = pick_sources(item, real, pools, recipe.num_images, rng, any_class=True)
-        images = [real.image(i) for i in idx]
-        info: dict[str, Any] = {"source_ids": [real.ids[i] for i in idx]}
-        if recipe.mix is None:  # 1. one image: the baseline (and "dropout")
-            embedding = self._encode(images)[0]
-        else:
-            lam = sample_lambda(c.mix_alpha, rng)
-            if recipe.space == "pixel":  # 2a. mix the pixels (second resized to the first), then encode
-                first = image_tensor(images[0])
-                second = image_tensor(images[1], tuple(first.shape[-2:]))
+        draws = []
+        for item in items:
+            rng = np.random.default_rng(derive_seed(item.seed, "unclip-augcond"))
+            idx = pick_sources(item, real, pools, recipe.num_images, rng, any_class=True)
+            info: dict[str, Any] = {"source_ids": [real.ids[i] for i in idx]}
+            mixed = None
+            if recipe.mix is not None:
+                info["mix_lambda"] = sample_lambda(c.mix_alpha, rng)
+            if recipe.mix is not None and recipe.space == "pixel":  # 1. mix the pixels (second resized to the first)
+                first = image_tensor(real.image(idx[0]))
+                second = image_tensor(real.image(idx[1]), tuple(first.shape[-2:]))
                 if recipe.mix == "mixup":
-                    mixed = mixup(first, second, lam)
+                    mixed = to_pil(mixup(first, second, info["mix_lambda"])[None])[0]
                 else:
-                    mixed, lam = cutmix(first, second, lam, rng)
-                embedding = self._encode(to_pil(mixed[None]))[0]
-            else:  # 2b. encode both, then mix the embeddings
-                first, second = self._encode(images)
+                    pixels, info["mix_lambda"] = cutmix(first, second, info["mix_lambda"], rng)
+                    mixed = to_pil(pixels[None])[0]
+            draws.append((rng, idx, info, mixed))
+        pixel_mixes = [mixed for *_, mixed in draws if mixed is not None]
+        encoded = iter(self._encode(pixel_mixes)) if pixel_mixes else iter(())  # 2. one batch of encodes
+        out = []
+        for rng, idx, info, mixed in draws:
+            if mixed is not None:
+                embedding = next(encoded)
+            elif recipe.mix is None:  # 3a. one real image: the baseline (and "dropout")
+                embedding = self._real_embedding(idx[0])
+            else:  # 3b. mix the two cached embeddings
+                first, second = self._real_embedding(idx[0]), self._real_embedding(idx[1])
                 if recipe.mix == "mixup":
-                    embedding = mixup(first, second, lam)
+                    embedding = mixup(first, second, info["mix_lambda"])
                 else:
-                    embedding, lam = cutmix_embedding(first, second, lam, rng)
-            info["mix_lambda"] = lam
-        if recipe.dropout:  # 3. dropout on the final embedding
-            embedding = embedding_dropout(embedding, c.dropout_p, rng, rescale=c.dropout_rescale)
-        return embedding, info
+                    embedding, info["mix_lambda"] = cutmix_embedding(first, second, info["mix_lambda"], rng)
+            if recipe.dropout:  # 4. dropout on the final embedding
+                embedding = embedding_dropout(embedding, c.dropout_p, rng, rescale=c.dropout_rescale)
+            out.append((embedding, info))
+        return out
 
     def check_loadable(self) -> None:
+        """Loads the pipeline and, once fitted, fills the real-image embedding cache (so that ranks started
+        after this one find it made)."""
         self.pipeline()
+        if self.is_fitted():
+            self.real_embeddings()
 
     def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
         """One image per item, in item order, with its prompt (``text``), the real image ids used
@@ -157,7 +212,7 @@ class UnCLIPAugCondGenerator(Generator):
             return []
         c = self.config
         pipe = self.pipeline()
-        conditions = [self.condition(it) for it in items]
+        conditions = self.conditions(items)
         prompts = captions_for_items(self.schema, items, c.prompt_template)
         embeds = torch.stack([e for e, _ in conditions]).to(self.device, pipe.image_encoder.dtype)
         out = pipe(

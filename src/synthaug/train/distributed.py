@@ -9,10 +9,14 @@ process and the number of steps, the learning-rate schedule and each image's aug
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+BARRIER_TIMEOUT_HOURS = 12  # the longest wait at a barrier (the other processes wait while one trains)
 
 
 def launched_processes() -> int:
@@ -33,24 +37,39 @@ class Processes:
     index: int = 0
     count: int = 1
     local_index: int = 0
+    cpu: bool = False  # gloo on CPU ranks (`device: cpu`, no GPU, or ACCELERATE_USE_CPU=1 on a GPU machine)
 
     @classmethod
     def launched(cls, device: torch.device) -> "Processes":
         """The processes started by ``accelerate launch``; sets up accelerate's process group (gloo on CPU, NCCL
-        on CUDA) when there are several, and touches nothing when there is one."""
+        on CUDA) when there are several, and touches nothing when there is one. Barriers wait for hours, not
+        torch's 30 minutes: the other processes wait while the main one trains a generator."""
         if launched_processes() < 2:
             return cls()
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        state = PartialState(cpu=device.type == "cpu")
-        return cls(state.process_index, state.num_processes, state.local_process_index)
+        cpu = device.type == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
+        state = PartialState(cpu=cpu, timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
+        return cls(state.process_index, state.num_processes, state.local_process_index, cpu)
 
     @property
     def is_main(self) -> bool:
         return self.index == 0
 
+    # the names of accelerate's PartialState, which generation's fill_store also accepts
+    process_index = property(lambda self: self.index)
+    num_processes = property(lambda self: self.count)
+    is_main_process = property(lambda self: self.is_main)
+
+    def wait_for_everyone(self) -> None:
+        self.barrier()
+
     def device(self, device: torch.device) -> torch.device:
-        """This process's device: its own GPU (``cuda:<local rank>``) when several share a CUDA machine."""
+        """This process's device: its own GPU (``cuda:<local rank>``) when several share a CUDA machine, the
+        CPU when the processes were launched as CPU ranks."""
+        if self.count > 1 and self.cpu:
+            return torch.device("cpu")
         if self.count > 1 and device.type == "cuda":
             return torch.device("cuda", self.local_index)
         return device
