@@ -245,3 +245,13 @@ def test_guidance_batching_and_channels_last_change_speed_not_images(digits, tra
         other = create_generator("ddpm", {**TRAINED, **option}, digits.schema, workdir=trained).generate(items)
         for a, b in zip(base, other):  # same maths; float summation order may move a pixel by one level
             assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1, option
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_the_samplers_read_what_the_network_was_trained_to_predict(digits, tmp_path, prediction_type):
+    cfg = {**TRAINED, "prediction_type": prediction_type, "sampler": "unipc"}
+    g = create_generator("ddpm", cfg, digits.schema, workdir=tmp_path, progress=False)
+    g.fit(digits)
+    assert g._scheduler().config.prediction_type == prediction_type
+    other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
+    assert not create_generator("ddpm", {**cfg, "prediction_type": other}, digits.schema, workdir=tmp_path).is_fitted()

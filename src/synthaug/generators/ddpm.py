@@ -1,8 +1,8 @@
 """``ddpm``: a class-conditional DDPM trained from scratch (Ho et al., 2020) with classifier-free guidance
 (Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
 
-Training follows diffusers' unconditional training example: ε-prediction MSE on ``DDPMScheduler.add_noise``
-targets, AdamW with warm-up, EMA weights; fp16 autocast trains with a loss scaler. Labels are dropped to a
+Training follows diffusers' unconditional training example: MSE on ``DDPMScheduler.add_noise`` inputs, with
+the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW with warm-up, EMA weights; fp16 autocast trains with a loss scaler. Labels are dropped to a
 null class with probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two
 with ``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by
 (seed, step), so a resumed run continues exactly where it stopped; sampling noise comes from one CPU
@@ -44,7 +44,8 @@ SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepS
 
 
 def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans, 2022, Eq. 6): ε = ε_∅ + w (ε_y − ε_∅).
+    """Classifier-free guidance (Ho & Salimans, 2022, Eq. 6): ε = ε_∅ + w (ε_y − ε_∅); the same linear mix
+    applies to a v- or x0-predicting network's outputs.
 
     w = 0 gives the null-class (unconditional) prediction, w = 1 the conditional one, w > 1 pushes past it.
     """
@@ -115,7 +116,8 @@ class DDPMGenerator(Generator):
 
     def _noise_scheduler(self) -> DDPMScheduler:
         return DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
-                             beta_schedule=self.config.beta_schedule, prediction_type="epsilon")
+                             beta_schedule=self.config.beta_schedule,
+                             prediction_type=self.config.prediction_type)
 
     # ---------------------------------------------------------------------------------------------- training
     def fit(self, real: LabeledImages) -> None:
@@ -158,7 +160,10 @@ class DDPMGenerator(Generator):
             xt = noise_scheduler.add_noise(x0, noise, t)  # 2. forward process q(x_t | x_0)
             with autocast(self.device, self.precision):
                 pred = unet(xt, t, class_labels=y if c.conditional else None).sample
-            loss = F.mse_loss(pred.float(), noise)  # 3. ε-prediction objective
+            target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
+            if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
+                target = noise_scheduler.get_velocity(x0, noise, t)
+            loss = F.mse_loss(pred.float(), target)  # 3. the denoising objective
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients
