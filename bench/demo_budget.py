@@ -26,14 +26,19 @@ from synthaug.utils import autocast, cpu_has_native_bf16
 
 
 def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (a virtual machine may name it just "AMD EPYC")."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
 
 
 def time_training(gen: DDPMGenerator, precision: str, steps: int, batch: int = 64) -> float:
