@@ -82,6 +82,7 @@ def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale:
 class DDPMGenerator(Generator):
     config_class = DDPMConfig
     config: DDPMConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = "unconditional samples of the same DDPM (its null class), labelled by the real-only classifier"
 
     # ---------------------------------------------------------------------------------------------- paths

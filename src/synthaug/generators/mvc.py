@@ -204,6 +204,7 @@ class MVCGenerator(Generator):
 
     config_class = MVCConfig
     config: MVCConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = None  # every condition names its class (see the module docstring)
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None

@@ -193,6 +193,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
 
     config_class = SDFinetuneConfig
     config: SDFinetuneConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = ("samples of the fine-tuned pipeline from the empty prompt (same guidance and negative "
                       "prompt), labelled by the real-only classifier")
 
