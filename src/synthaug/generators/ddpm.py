@@ -2,10 +2,12 @@
 (Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
 
 Training follows diffusers' unconditional training example: MSE on ``DDPMScheduler.add_noise`` inputs, with
-the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW with warm-up, EMA weights; fp16 autocast trains with a loss scaler. Labels are dropped to a
-null class with probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two
-with ``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by
-(seed, step), so a resumed run continues exactly where it stopped; sampling noise comes from one CPU
+the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW with warm-up, EMA weights, in the shared accelerate loop of
+:mod:`~synthaug.generators.diffusion_training` (fp16 with a loss scaler; data-parallel under ``accelerate
+launch``). Labels are dropped to a null class with probability ``label_dropout`` so one network learns p(x|y)
+and p(x); sampling mixes the two with ``guidance_scale``. Each training step draws its batch, noise and
+timesteps from a generator seeded by (seed, step), so a resumed run continues exactly where it stopped and
+N processes (each training its rows of that batch) train what one does; sampling noise comes from one CPU
 generator per item, so an item gives the same image on CPU and CUDA, whatever the batch.
 """
 

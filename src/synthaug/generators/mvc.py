@@ -19,7 +19,8 @@
    embedding through ``StableDiffusionInstructPix2PixPipeline``.
 
 Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
-item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped.
+item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped, and under
+``accelerate launch`` each process trains its rows of that step's batch (:mod:`~synthaug.generators.diffusion_training`).
 
 Every mvc condition is a caption embedding that names its class, so there are no class-agnostic mvc samples:
 ``pseudo_control`` is None and unlabelled items are refused (the runner leaves the pseudo-labelled control out).

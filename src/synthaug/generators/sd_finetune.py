@@ -4,8 +4,9 @@ from the fine-tuned weights with the same captions.
 The DeepFashion attribute study fine-tuned Stable Diffusion v1-1 for 1,500 steps on the images of the rare
 classes, captioned "A person wearing {attributes} clothes", and generated with the same captions. Training
 follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py``: ε- (or v-) prediction MSE
-on VAE latents, text encoder and VAE frozen, the UNet trained fully or through a LoRA adapter (peft), under an
-``accelerate.Accelerator`` (mixed precision, gradient accumulation, ``accelerate launch`` data parallelism).
+on VAE latents, text encoder and VAE frozen, the UNet trained fully or through a LoRA adapter (peft), in the
+shared accelerate loop of :mod:`~synthaug.generators.diffusion_training` (mixed precision, gradient accumulation,
+``accelerate launch`` data parallelism: ``batch_size`` is the batch of all processes together, each trains its rows).
 
 The training set is first written in the synthetic-store format (``images/*.png`` + ``metadata.jsonl`` with
 ``file_name`` and ``text``), which diffusers' own ``train_text_to_image.py --train_data_dir`` also reads.
