@@ -2,13 +2,14 @@
 (Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
 
 Training follows diffusers' unconditional training example: MSE on ``DDPMScheduler.add_noise`` inputs, with
-the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW with warm-up, EMA weights, in the shared accelerate loop of
-:mod:`~synthaug.generators.diffusion_training` (fp16 with a loss scaler; data-parallel under ``accelerate
-launch``). Labels are dropped to a null class with probability ``label_dropout`` so one network learns p(x|y)
-and p(x); sampling mixes the two with ``guidance_scale``. Each training step draws its batch, noise and
-timesteps from a generator seeded by (seed, step), so a resumed run continues exactly where it stopped and
-N processes (each training its rows of that batch) train what one does; sampling noise comes from one CPU
-generator per item, so an item gives the same image on CPU and CUDA, whatever the batch.
+the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW
+with warm-up, EMA weights, in the shared accelerate loop of :mod:`~synthaug.generators.diffusion_training` (fp16
+with a loss scaler; data-parallel under ``accelerate launch``). Labels are dropped to a null class with
+probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two with
+``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by (seed,
+step), so a resumed run continues exactly where it stopped and N processes (each training its rows of that
+batch) train what one does; sampling noise comes from one CPU generator per item, so an item gives the same
+image on CPU and CUDA, whatever the batch.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class DDPMGenerator(Generator):
         if c.checkpoint:
             self._check_checkpoint()
             return
-        if checked_main_first(self.is_fitted):  # the same training settings: nothing to do
+        if checked_main_first(self.is_fitted, self.device):  # the same training settings: nothing to do
             return
         if not self.schema.is_single_label:
             raise SettingError("The ddpm generator conditions on one label group; this schema has "

@@ -124,9 +124,12 @@ def make_accelerator(precision: str, device: torch.device, *, gradient_accumulat
     if mixed_precision == "fp16" and device.type != "cuda":
         raise SettingError(f"{field}='fp16' needs a CUDA device (fp16 trains with a loss scaler); use 'bf16' or "
                            "'fp32'.")
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
-        AcceleratorState._reset_state()  # one plain process: nothing shared to keep consistent
+    processes = process_state(device)
+    if processes.num_processes == 1 and (processes.device.type != device.type
+                                         or AcceleratorState._shared_state.get("_mixed_precision") != mixed_precision):
+        # one plain process that trained on another device or in another precision before (tests, notebooks):
+        # nothing is shared with other processes, so accelerate's settings start afresh
+        AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
                            gradient_accumulation_steps=gradient_accumulation_steps)
@@ -138,10 +141,15 @@ def make_accelerator(precision: str, device: torch.device, *, gradient_accumulat
                            f"--mixed_precision {mixed_precision}.") from None
 
 
-def checked_main_first(check: Callable[[], T]) -> T:
+def process_state(device: torch.device) -> PartialState:
+    """accelerate's state of this process (the one ``accelerate launch`` set up, else a plain single process)."""
+    return PartialState(cpu=device.type == "cpu")
+
+
+def checked_main_first(check: Callable[[], T], device: torch.device) -> T:
     """``check()`` run by the main process first, then by the others (it may repair files, e.g. an interrupted
-    model swap, which one process alone must do); a no-op ordering in a plain process."""
-    with PartialState().main_process_first():
+    model swap, which one process alone must do); in a plain process, just ``check()``."""
+    with process_state(device).main_process_first():
         return check()
 
 

@@ -19,8 +19,9 @@
    embedding through ``StableDiffusionInstructPix2PixPipeline``.
 
 Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
-item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped, and under
-``accelerate launch`` each process trains its rows of that step's batch (:mod:`~synthaug.generators.diffusion_training`).
+item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped, and
+under ``accelerate launch`` each process trains its rows of that step's batch
+(:mod:`~synthaug.generators.diffusion_training`).
 
 Every mvc condition is a caption embedding that names its class, so there are no class-agnostic mvc samples:
 ``pseudo_control`` is None and unlabelled items are refused (the runner leaves the pseudo-labelled control out).
@@ -42,7 +43,6 @@ from diffusers import (
     DDPMScheduler, DiffusionPipeline, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from accelerate import PartialState
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from pydantic import Field
@@ -57,7 +57,7 @@ from synthaug.generators.configs import MVCConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, recover_model_dir
 from synthaug.generators.diffusion_training import (
-    BatchShare, DiffusionTraining, make_accelerator, train_diffusion,
+    BatchShare, DiffusionTraining, make_accelerator, process_state, train_diffusion,
 )
 from synthaug.generators.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
@@ -337,7 +337,7 @@ class MVCGenerator(Generator):
         """
         if len(real) == 0:
             raise SettingError("mvc needs real training images to caption and condition on, but got none.")
-        processes = PartialState()  # under `accelerate launch` the main process records and embeds, all train
+        processes = process_state(self.device)  # under accelerate launch: the main process records and embeds
         base = self._prepare_conditions(real) if processes.is_main_process else None
         processes.wait_for_everyone()
         self._real = self._embeds = None

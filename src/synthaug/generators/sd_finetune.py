@@ -227,7 +227,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
             ValueError: for unknown ``classes``, no matching images, or a non-SD-1.x/2.x checkpoint.
             FileNotFoundError: if the base checkpoint cannot be loaded.
         """
-        if self.config.checkpoint or checked_main_first(self.is_fitted):
+        if self.config.checkpoint or checked_main_first(self.is_fitted, self.device):
             return
         subset = self._training_images(real)
         captions = [caption(self.schema, subset.labels[k], self.prompt_template) for k in range(len(subset))]
