@@ -7,6 +7,7 @@ import torch
 
 from synthaug.data import load_source
 from synthaug.generators import create_generator
+from synthaug.generators.checkpoints import StepCheckpoints
 from synthaug.plan import make_items, unconditional_items
 
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "batch_size": 16, "sampling_steps": 3,
@@ -30,7 +31,7 @@ def test_item_images_do_not_depend_on_batch_size(digits, tmp_path):
     assert not (np.asarray(together[0]) == np.asarray(together[1])).all()
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(digits, tmp_path):
+def test_resume_after_interruption_matches_uninterrupted_run(digits, tmp_path, monkeypatch):
     from diffusers import UNet2DModel
 
     cfg = {**TINY, "train_steps": 8, "checkpoint_every": 4}
@@ -40,14 +41,14 @@ def test_resume_after_interruption_matches_uninterrupted_run(digits, tmp_path):
         pass
 
     half = create_generator("ddpm", cfg, digits.schema, workdir=tmp_path / "b", seed=1)
-    save = half._save_checkpoint
+    save = StepCheckpoints.save
 
-    def save_then_die(*args):
-        save(*args)
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
         raise Killed
 
-    half._save_checkpoint = save_then_die
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(StepCheckpoints, "save", save_then_die)
         half.fit(digits)
     assert (tmp_path / "b" / "checkpoints" / "step-0000004").is_dir()
     assert not half.is_fitted()
@@ -206,20 +207,20 @@ def test_an_item_gives_the_same_image_on_cpu_and_cuda(digits, trained):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fp16_training_scales_the_loss_and_resumes_the_scale(digits, tmp_path):
+def test_fp16_training_scales_the_loss_and_resumes_the_scale(digits, tmp_path, monkeypatch):
     cfg = {**TINY, "train_steps": 4, "checkpoint_every": 2, "precision": "fp16"}
     g = create_generator("ddpm", cfg, digits.schema, workdir=tmp_path, device="cuda", progress=False)
-    save = g._save_checkpoint
+    save = StepCheckpoints.save
 
     class Killed(Exception):
         pass
 
-    def save_then_die(*args):
-        save(*args)
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
         raise Killed
 
-    g._save_checkpoint = save_then_die
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(StepCheckpoints, "save", save_then_die)
         g.fit(digits)
     state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.pt", weights_only=True)
     assert state["grad_scaler"]["scale"] > 1  # a GradScaler ran

@@ -330,7 +330,9 @@ class Experiment:
         self.plan_items()  # a plan that cannot work (an unknown class, ...) fails before any training
         self._check("generator", self._generator_parts)  # before any stage of this run writes anything
         self.stats()
-        with self._stage("generator", self._generator_parts) as summary:
+        # under `accelerate launch` a generator that trains data-parallel fits on every process (rank 0 alone
+        # writes the model and the record); any other fits on rank 0 while the others wait
+        with self._stage("generator", self._generator_parts, shared=self.generator.distributed_fit) as summary:
             if summary is not None:
                 self.generator.fit(self.splits.train)
                 self.generator.check_loadable()

@@ -50,11 +50,15 @@ class Generator:
         pseudo_control: what the pseudo-labelled control of this generator is, in a few words (the runner
             shows it in the results table), or None when the generator cannot make class-agnostic
             (unlabelled) samples; the runner then leaves the control arm out and logs why.
+        distributed_fit: True when every process of an ``accelerate launch`` must call ``fit`` (it trains
+            data-parallel, see :mod:`~synthaug.generators.diffusion_training`); else the main process fits alone
+            while the others wait.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[GeneratorConfig]] = GeneratorConfig
     pseudo_control: ClassVar[str | None] = None
+    distributed_fit: ClassVar[bool] = False
 
     def __init__(
         self, config: GeneratorConfig, schema: LabelSchema, *, device: torch.device, workdir: Path, seed: int = 0,

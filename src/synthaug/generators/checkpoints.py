@@ -66,8 +66,9 @@ class StepCheckpoints:
         return sorted(self.folder.glob("step-*[0-9]"))
 
     def save(self, step: int, write_weights: Callable[[Path], None], optimizer, lr_schedule,
-             scaler: torch.amp.GradScaler | None = None) -> Path:
-        """Writes checkpoint ``step``; ``write_weights(folder)`` saves the model(s) into ``folder``."""
+             scaler: torch.amp.GradScaler | None = None, *, info: dict | None = None) -> Path:
+        """Writes checkpoint ``step``; ``write_weights(folder)`` saves the model(s) into ``folder``; ``info``: more
+        JSON fields for its ``state.json`` (read back by ``restore``'s ``check``)."""
         final = self.folder / f"step-{step:07d}"
         tmp = final.with_name(final.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,32 +78,40 @@ class StepCheckpoints:
         if scaler is not None and scaler.is_enabled():
             state["grad_scaler"] = scaler.state_dict()
         torch.save(state, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        (tmp / "state.json").write_text(json.dumps({**(info or {}), "step": step}))
         tmp.rename(final)
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old)
         return final
 
-    def restore(self, optimizer, lr_schedule,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[Path, int] | None:
+    def restore(self, optimizer, lr_schedule, scaler: torch.amp.GradScaler | None = None, *,
+                check: Callable[[Path, dict], None] | None = None, clean: bool = True) -> tuple[Path, int] | None:
         """Loads optimizer and schedule state from the newest complete checkpoint (dropping unfinished ones).
+
+        Args:
+            check: called with the checkpoint folder and its ``state.json`` before anything is loaded; raises
+                for a checkpoint that must not be resumed (e.g. written with other training settings).
+            clean: delete unfinished checkpoints first (one process alone may, when several train together).
 
         Returns:
             (its folder, for the caller to load weights from; its step), or None when there is none.
         """
-        for stale in self.folder.glob("*.partial"):
-            shutil.rmtree(stale)
+        for stale in self.folder.glob("*.partial") if clean else ():
+            shutil.rmtree(stale, ignore_errors=True)
         complete = self._complete()
         if not complete:
             return None
         last = complete[-1]
         with self.reading(last):
+            info = json.loads((last / "state.json").read_text())
+            if check is not None:
+                check(last, info)
             state = torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu")
             optimizer.load_state_dict(state["optimizer"])
             lr_schedule.load_state_dict(state["lr_schedule"])
             if scaler is not None and "grad_scaler" in state:
                 scaler.load_state_dict(state["grad_scaler"])
-            step = json.loads((last / "state.json").read_text())["step"]
+            step = int(info["step"])
         log.info("Resuming training from %s (step %d).", last, step)
         return last, step
 

@@ -74,7 +74,7 @@ class DDPMConfig(GeneratorConfig):
     conditional: bool = True  # False: an unconditional model (for pseudo-labelling)
     # --- training
     train_steps: int = Field(2500, ge=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # images per step, all processes together under accelerate launch
     learning_rate: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = 0.0
@@ -140,7 +140,8 @@ class SDFinetuneConfig(SDText2ImgConfig):
     train_steps: int = Field(1500, ge=0)  # optimizer updates; the study fine-tuned for 1,500 steps
     learning_rate: float | None = Field(None, gt=0)  # None: 1e-4 for lora, 1e-5 for full (diffusers' READMEs)
     lr_warmup_steps: int = Field(0, ge=0)  # constant learning rate after a linear warm-up
-    batch_size: int = Field(1, ge=1)  # images per micro-batch (diffusers README examples: 1 ...)
+    # images per micro-batch, all processes together under accelerate launch (diffusers README examples: 1 ...)
+    batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(4, ge=1)  # ... with 4 accumulation steps
     resolution: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (512 for SD v1)
     lora_rank: int = Field(4, ge=1)  # LoRA rank r (diffusers' train_text_to_image_lora.py default)
@@ -202,7 +203,7 @@ class MVCConfig(GeneratorConfig):
     channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
     # --- fine-tuning (finetuned mode; the example: 256 px, 15000 steps of 4 x 4 accumulated images)
     train_steps: int = Field(2000, ge=0)  # optimisation steps (ours: our datasets are far smaller)
-    batch_size: int = Field(4, ge=1)  # the example's 4 per micro-batch
+    batch_size: int = Field(4, ge=1)  # the example's 4 per batch (all processes together under accelerate launch)
     learning_rate: float = Field(5e-5, gt=0)  # the example's 5e-5, constant after warm-up
     lr_warmup_steps: int = Field(0, ge=0)
     conditioning_dropout: float = Field(0.05, ge=0, le=1 / 3)  # P(drop text) = P(drop image) = P(both)

@@ -2,18 +2,20 @@
 (Ho & Salimans, 2022), built on diffusers' ``UNet2DModel`` and schedulers.
 
 Training follows diffusers' unconditional training example: MSE on ``DDPMScheduler.add_noise`` inputs, with
-the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW with warm-up, EMA weights; fp16 autocast trains with a loss scaler. Labels are dropped to a
-null class with probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two
-with ``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by
-(seed, step), so a resumed run continues exactly where it stopped; sampling noise comes from one CPU
-generator per item, so an item gives the same image on CPU and CUDA, whatever the batch.
+the network predicting v = √ᾱ ε − √(1−ᾱ) x₀ by default (Salimans & Ho, 2022; ``prediction_type``) or ε, AdamW
+with warm-up, EMA weights, in the shared accelerate loop of :mod:`~synthaug.generators.diffusion_training` (fp16
+with a loss scaler; data-parallel under ``accelerate launch``). Labels are dropped to a null class with
+probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mixes the two with
+``guidance_scale``. Each training step draws its batch, noise and timesteps from a generator seeded by (seed,
+step), so a resumed run continues exactly where it stopped and N processes (each training its rows of that
+batch) train what one does; sampling noise comes from one CPU generator per item, so an item gives the same
+image on CPU and CUDA, whatever the batch.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -23,13 +25,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import DDPMConfig
 from synthaug.generators.base import Generated, Generator, register_generator
-from synthaug.generators.checkpoints import (
-    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, reading, recover_model_dir,
+from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, reading, recover_model_dir
+from synthaug.generators.diffusion_training import (
+    BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
 )
 from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
@@ -41,6 +43,33 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler,
             "ddpm": DDPMScheduler}
+
+
+class _DDPMBatches:
+    """The denoising loss of one training step's batch (Ho et al., 2020), drawn whole from the step's generator."""
+
+    def __init__(self, config: DDPMConfig, noise_scheduler: DDPMScheduler, data: torch.Tensor, labels: torch.Tensor,
+                 weights: torch.Tensor, num_classes: int):
+        self.c, self.noise_scheduler, self.data, self.labels = config, noise_scheduler, data, labels
+        self.weights, self.num_classes = weights, num_classes
+
+    def loss(self, unet: torch.nn.Module, step: int, g: torch.Generator, share: BatchShare) -> torch.Tensor:
+        c, n, device = self.c, self.c.batch_size, self.data.device
+        # 1. the whole batch's draws, in one order whatever this process's share: images, noise, timesteps, dropout
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        noise = torch.randn((n, *self.data.shape[1:]), generator=g)
+        t = torch.randint(0, c.num_train_timesteps, (n,), generator=g)
+        drop = torch.rand(n, generator=g) < c.label_dropout if c.conditional else None
+        idx, noise, t = share.take(idx).to(device), share.take(noise).to(device), share.take(t).to(device)
+        x0, y = self.data[idx], self.labels[idx]
+        if drop is not None:  # 2. classifier-free guidance: drop labels to the null class
+            y = torch.where(share.take(drop).to(device), torch.full_like(y, self.num_classes), y)
+        xt = self.noise_scheduler.add_noise(x0, noise, t)  # 3. forward process q(x_t | x_0)
+        pred = unet(xt, t, class_labels=y if c.conditional else None).sample
+        target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
+        if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        return share.weight(F.mse_loss(pred.float(), target), n)  # 4. the denoising objective
 
 
 def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -56,6 +85,7 @@ def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale:
 class DDPMGenerator(Generator):
     config_class = DDPMConfig
     config: DDPMConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = "unconditional samples of the same DDPM (its null class), labelled by the real-only classifier"
 
     # ---------------------------------------------------------------------------------------------- paths
@@ -121,101 +151,64 @@ class DDPMGenerator(Generator):
 
     # ---------------------------------------------------------------------------------------------- training
     def fit(self, real: LabeledImages) -> None:
+        """Trains the UNet on ``real`` (resuming from ``workdir/checkpoints``) and saves it to ``workdir/model``;
+        nothing when that model was trained with the same settings. Under ``accelerate launch`` every process
+        calls it and trains its share of each batch (see :mod:`~synthaug.generators.diffusion_training`)."""
         c = self.config
         if c.checkpoint:
             self._check_checkpoint()
             return
-        if self.is_fitted():  # the same training settings: nothing to do
+        if checked_main_first(self.is_fitted, self.device):  # the same training settings: nothing to do
             return
         if not self.schema.is_single_label:
             raise SettingError("The ddpm generator conditions on one label group; this schema has "
                              f"{len(self.schema.groups)}.")
+        accelerator = make_accelerator(self.precision, self.device, field="generator.params.precision")
+        BatchShare(0, accelerator.num_processes).check(c.batch_size, "generator.params.batch_size")
         data = load_tensor(real, size=c.image_size, progress=False) * 2 - 1
         labels = torch.as_tensor(real.labels[:, 0])
         torch.manual_seed(derive_seed(self.seed, "ddpm-init"))
-        unet = self._build_unet(data.shape[1], data.shape[-1]).to(self.device)
-        noise_scheduler = self._noise_scheduler()
+        unet = self._build_unet(data.shape[1], data.shape[-1]).to(accelerator.device)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-        lr_schedule = get_cosine_schedule_with_warmup(optimizer, c.warmup_steps, max(c.train_steps, 1))
         ema = EMAModel(unet.parameters(), decay=c.ema_decay, model_cls=UNet2DModel, model_config=unet.config) \
             if c.ema_decay > 0 else None
-        scaler = grad_scaler(self.precision, self.device)  # 4. fp16: scale the loss against underflow
-        start = self._resume(unet, ema, optimizer, lr_schedule, scaler)
         counts = torch.bincount(labels, minlength=self.num_classes).float()
         weights = (1.0 / counts[labels]) if c.class_balanced else torch.ones(len(labels))
-        data, labels = data.to(self.device), labels.to(self.device)
-
-        unet.train()
-        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train ddpm", unit="step",
-                   disable=not self.progress)
-        for step in bar:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, "ddpm-step", step))
-            idx = torch.multinomial(weights, c.batch_size, replacement=True, generator=g).to(self.device)
-            x0, y = data[idx], labels[idx]
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
-            t = torch.randint(0, c.num_train_timesteps, (c.batch_size,), generator=g).to(self.device)
-            if c.conditional:  # 1. classifier-free guidance: drop labels to the null class
-                drop = (torch.rand(c.batch_size, generator=g) < c.label_dropout).to(self.device)
-                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-            xt = noise_scheduler.add_noise(x0, noise, t)  # 2. forward process q(x_t | x_0)
-            with autocast(self.device, self.precision):
-                pred = unet(xt, t, class_labels=y if c.conditional else None).sample
-            target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
-            if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
-                target = noise_scheduler.get_velocity(x0, noise, t)
-            loss = F.mse_loss(pred.float(), target)  # 3. the denoising objective
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            scaler.step(optimizer)  # skipped when fp16 gradients overflowed
-            scaler.update()
-            lr_schedule.step()
-            if ema is not None:
-                ema.step(unet.parameters())
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
-                self._save_checkpoint(step + 1, unet, ema, optimizer, lr_schedule, scaler)
-        bar.close()
-        self._save_final(unet, ema)
+        batch = _DDPMBatches(c, self._noise_scheduler(), data.to(accelerator.device), labels.to(accelerator.device),
+                             weights, self.num_classes)
+        training = DiffusionTraining(
+            model=unet, optimizer=optimizer,
+            lr_schedule=get_cosine_schedule_with_warmup(optimizer, c.warmup_steps, max(c.train_steps, 1)),
+            loss=batch.loss, draw_seed=lambda step, micro: derive_seed(self.seed, "ddpm-step", step), ema=ema,
+            write_checkpoint=self._write_checkpoint, read_checkpoint=self._read_checkpoint,
+            write_model=self._write_model)
+        train_diffusion(training, accelerator, train_steps=c.train_steps, checkpoint_every=c.checkpoint_every,
+                        checkpoints=self._checkpoints, model_dir=self.model_dir, progress=self.progress,
+                        desc="train ddpm")
+        self._unet = None
 
     @property
     def _checkpoints(self) -> StepCheckpoints:
         return StepCheckpoints(self.workdir / "checkpoints")
 
-    def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule, scaler=None) -> None:
-        def write(folder: Path) -> None:
-            unet.save_pretrained(folder / "unet")  # safetensors
-            if ema is not None:
-                ema.save_pretrained(folder / "ema")
-
-        self._checkpoints.save(step, write, optimizer, lr_schedule, scaler)
-
-    def _resume(self, unet, ema, optimizer, lr_schedule, scaler=None) -> int:
-        found = self._checkpoints.restore(optimizer, lr_schedule, scaler)
-        if found is None:
-            return 0
-        last, step = found
-        with self._checkpoints.reading(last):
-            unet.load_state_dict(UNet2DModel.from_pretrained(last / "unet", use_safetensors=True).state_dict())
-            if ema is not None and (last / "ema").exists():
-                ema.load_state_dict(EMAModel.from_pretrained(last / "ema", model_cls=UNet2DModel).state_dict())
-        return step
-
-    def _save_final(self, unet, ema) -> None:
+    @staticmethod
+    def _write_checkpoint(folder: Path, unet: UNet2DModel, ema: EMAModel | None) -> None:
+        unet.save_pretrained(folder / "unet")  # safetensors
         if ema is not None:
-            ema.copy_to(unet.parameters())
-        tmp = self.workdir / "model.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unet.save_pretrained(tmp / "unet")
-        self._noise_scheduler().save_pretrained(tmp / "scheduler")
-        write_json(tmp / MODEL_INFO, {"generator": "ddpm", "schema": self.schema.to_dict(),
-                                      "training": self.config.training_part(),
-                                      "config": self.config.model_dump(mode="json")})  # last: marks it complete
-        install_model_dir(tmp, self.model_dir)
-        self._unet = None
-        self._checkpoints.clear()
+            ema.save_pretrained(folder / "ema")
+
+    @staticmethod
+    def _read_checkpoint(folder: Path, unet: UNet2DModel, ema: EMAModel | None) -> None:
+        unet.load_state_dict(UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).state_dict())
+        if ema is not None and (folder / "ema").exists():
+            ema.load_state_dict(EMAModel.from_pretrained(folder / "ema", model_cls=UNet2DModel).state_dict())
+
+    def _write_model(self, folder: Path, unet: UNet2DModel, ema: EMAModel | None) -> None:
+        unet.save_pretrained(folder / "unet")
+        self._noise_scheduler().save_pretrained(folder / "scheduler")
+        write_json(folder / MODEL_INFO, {"generator": "ddpm", "schema": self.schema.to_dict(),
+                                         "training": self.config.training_part(),
+                                         "config": self.config.model_dump(mode="json")})  # last: marks it complete
 
     def _check_checkpoint(self) -> None:
         """Refuses a ``checkpoint`` that is missing or was trained for another label schema."""

@@ -19,7 +19,9 @@
    embedding through ``StableDiffusionInstructPix2PixPipeline``.
 
 Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
-item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped.
+item's seed; training draws come from (seed, step), so a resumed run continues exactly where it stopped, and
+under ``accelerate launch`` each process trains its rows of that step's batch
+(:mod:`~synthaug.generators.diffusion_training`).
 
 Every mvc condition is a caption embedding that names its class, so there are no class-agnostic mvc samples:
 ``pseudo_control`` is None and unlabelled items are refused (the runner leaves the pseudo-labelled control out).
@@ -53,8 +55,9 @@ from tqdm.auto import tqdm
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import MVCConfig
 from synthaug.generators.base import Generated, Generator, register_generator
-from synthaug.generators.checkpoints import (
-    MODEL_INFO, StepCheckpoints, check_model_info, grad_scaler, install_model_dir, recover_model_dir,
+from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, recover_model_dir
+from synthaug.generators.diffusion_training import (
+    BatchShare, DiffusionTraining, make_accelerator, process_state, train_diffusion,
 )
 from synthaug.generators.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
@@ -64,7 +67,7 @@ from synthaug.generators.sd_common import (
 )
 from synthaug.generators.real_images import class_pools, load_real_images, pick_sources, save_real_images
 from synthaug.plan import PlanItem
-from synthaug.utils import autocast, derive_seed, read_json, resolve_precision, write_json
+from synthaug.utils import derive_seed, read_json, resolve_precision, write_json
 from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -202,6 +205,7 @@ class MVCGenerator(Generator):
 
     config_class = MVCConfig
     config: MVCConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = None  # every condition names its class (see the module docstring)
     _pipe: DiffusionPipeline | None = None
     _real: LabeledImages | None = None
@@ -333,6 +337,19 @@ class MVCGenerator(Generator):
         """
         if len(real) == 0:
             raise SettingError("mvc needs real training images to caption and condition on, but got none.")
+        processes = process_state(self.device)  # under accelerate launch: the main process records and embeds
+        base = self._prepare_conditions(real) if processes.is_main_process else None
+        processes.wait_for_everyone()
+        self._real = self._embeds = None
+        if self.config.mode == "finetuned":
+            if self.config.checkpoint is not None:
+                self._check_checkpoint()  # sample from it; nothing to train
+            elif not self.is_fitted():
+                self._train(base or self._base_pipeline())
+
+    def _prepare_conditions(self, real: LabeledImages) -> DiffusionPipeline | None:
+        """Records the real images and (when they or the captions changed) embeds the captions, dropping the
+        model trained on the old ones. Returns the base pipeline if it was loaded for that."""
         save_real_images(real, self.workdir / "real")
         self._real = self._embeds = None
         if self.caption_source(getattr(real, "captions", None)) == "labels":
@@ -341,18 +358,16 @@ class MVCGenerator(Generator):
                 "of a class are identical and MVC's embedding mixing (Algorithm 1) does nothing. For "
                 "mixing that mixes, give per-image captions with the data (a manifest caption column; "
                 "generator.params.caption_source: data) or a BLIP-2 captioner (generator.params.captioner).")
-        base = None
-        if not self._embeddings_current():  # new data or captions: embed again, and train again
-            captions = self.captions(real)  # first: BLIP-2 is freed before the diffusion model loads
-            base = self._base_pipeline()
-            self._save_embeddings(base, real, captions)
-            for stale in (self.workdir / "model", self.workdir / "checkpoints"):
-                shutil.rmtree(stale, ignore_errors=True)
-        if self.config.mode == "finetuned":
-            if self.config.checkpoint is not None:
-                self._check_checkpoint()  # sample from it; nothing to train
-            elif not self.is_fitted():
-                self._train(base or self._base_pipeline())
+        if self._embeddings_current():
+            if self.config.checkpoint is None:
+                recover_model_dir(self.model_dir)  # an interrupted model swap: repaired by this process alone
+            return None
+        captions = self.captions(real)  # first: BLIP-2 is freed before the diffusion model loads
+        base = self._base_pipeline()
+        self._save_embeddings(base, real, captions)
+        for stale in (self.workdir / "model", self.workdir / "checkpoints"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return base
 
     def _save_embeddings(self, pipe: DiffusionPipeline, real: LabeledImages, captions: list[str]) -> None:
         """Embeds the captions class by class (``EMBED_BATCH`` per encoder call) into one fp16 file per class
@@ -404,13 +419,16 @@ class MVCGenerator(Generator):
         return self.config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     # ---------------------------------------------------------------------------------------------- training
-    def _training_batch(self, step: int, vae, empty: torch.Tensor, size: int, num_train_timesteps: int):
-        """Step ``step``'s batch: target and condition latents, mixed text embeddings (with conditioning
-        dropout), noise and timesteps, all drawn from (seed, step)."""
+    def _training_batch(self, step: int, vae, empty: torch.Tensor, size: int, num_train_timesteps: int, *,
+                        generator: torch.Generator | None = None, share: BatchShare = BatchShare()):
+        """This process's ``share`` of step ``step``'s batch: target and condition latents, mixed text embeddings
+        (with conditioning dropout), noise and timesteps. Every draw of the whole batch comes from (seed, step)
+        (``generator``, if given, is that step's generator), in one order whatever the share."""
         c = self.config
         real, pools, embeds = self._load_data()
         seed = derive_seed(self.seed, "mvc-train", step)
-        rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        g = generator if generator is not None else torch.Generator().manual_seed(seed)
         targets, conditions, texts = [], [], []
         for i in rng.integers(len(real), size=c.batch_size).tolist():
             label = tuple(real.labels[i].tolist())
@@ -418,25 +436,31 @@ class MVCGenerator(Generator):
             conditions.append(int(rng.choice(pools[label])))  # 1. a random image of the same class
             texts.append(mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
                                         fine_steps=c.fine_steps, rng=rng).embedding)  # 2. Algorithm 1
+        targets, conditions, texts = share.take(targets), share.take(conditions), share.take(texts)
         to_pixels = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
                                 v2.ToDtype(torch.float32, scale=True)])
         pixels = torch.stack([to_pixels(real.image(i).convert("RGB")) for i in targets + conditions]) * 2 - 1
         pixels = pixels.to(self.device, vae.dtype)
+        n = len(targets)
         with torch.no_grad():  # 3. latents: sampled for the target, the mode for the condition (the script's)
-            latents = vae.encode(pixels[: c.batch_size]).latent_dist.sample(generator=g)
+            posterior = vae.encode(pixels[:n]).latent_dist
+            eps = torch.randn((c.batch_size, *posterior.mean.shape[1:]), generator=g)  # the whole batch's draw
+            latents = posterior.mean + posterior.std * share.take(eps).to(self.device, posterior.mean.dtype)
             latents = latents * vae.config.scaling_factor
-            image_latents = vae.encode(pixels[c.batch_size :]).latent_dist.mode()
+            image_latents = vae.encode(pixels[n:]).latent_dist.mode()
         text = torch.stack(texts).to(self.device)
         # 4. conditioning dropout (Brooks et al., 2023, §3.2.1): drop text, image, or both, each with prob q
-        q, u = c.conditioning_dropout, torch.rand(c.batch_size, generator=g).to(self.device)
+        q = c.conditioning_dropout
+        u = share.take(torch.rand(c.batch_size, generator=g)).to(self.device)
         text = torch.where((u < 2 * q).view(-1, 1, 1), empty.to(self.device).expand_as(text), text)
         keep_image = ~((u >= q) & (u < 3 * q))
         image_latents = image_latents * keep_image.view(-1, 1, 1, 1).to(image_latents.dtype)
-        noise = torch.randn(latents.shape, generator=g).to(self.device)
-        timesteps = torch.randint(0, num_train_timesteps, (c.batch_size,), generator=g).to(self.device)
+        noise = share.take(torch.randn((c.batch_size, *latents.shape[1:]), generator=g)).to(self.device)
+        timesteps = share.take(torch.randint(0, num_train_timesteps, (c.batch_size,), generator=g)).to(self.device)
         return latents, image_latents, text, noise, timesteps
 
     def _train(self, base: DiffusionPipeline) -> None:
+        """Fine-tunes ``base``'s UNet InstructPix2Pix-style; every process trains its share of each batch."""
         c = self.config
         unet, vae = base.unet, base.vae
         noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
@@ -444,70 +468,48 @@ class MVCGenerator(Generator):
             add_image_channels(unet, vae.config.latent_channels)
         vae.requires_grad_(False)
         base.text_encoder.requires_grad_(False)
+        accelerator = make_accelerator(self.train_precision, self.device, field="generator.params.train_precision")
+        BatchShare(0, accelerator.num_processes).check(c.batch_size, "generator.params.batch_size")
         embeds = self._load_data()[2]
         empty, size = embeds["empty"], self._size(base)
         num_timesteps = noise_scheduler.config.num_train_timesteps
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate)
-        lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.lr_warmup_steps)
-        precision = self.train_precision
-        scaler = grad_scaler(precision, self.device)  # fp16: loss scaling against underflow
-        start = self._resume(unet, optimizer, lr_schedule, scaler)
+
+        def loss(model, step: int, g: torch.Generator, share: BatchShare) -> torch.Tensor:
+            batch = self._training_batch(step, vae, empty, size, num_timesteps, generator=g, share=share)
+            return share.weight(instruct_pix2pix_loss(model, noise_scheduler, *batch), c.batch_size)
+
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        unet.train()
-        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, desc="train mvc",
-                   unit="step", disable=not self.progress)
-        for step in bar:
-            batch = self._training_batch(step, vae, empty, size, num_timesteps)
-            with autocast(self.device, precision):
-                loss = instruct_pix2pix_loss(unet, noise_scheduler, *batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), c.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
-                self._save_checkpoint(step + 1, unet, optimizer, lr_schedule, scaler)
-        bar.close()
+        training = DiffusionTraining(
+            model=unet, optimizer=optimizer, loss=loss, max_grad_norm=c.max_grad_norm,
+            lr_schedule=get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.lr_warmup_steps),
+            draw_seed=lambda step, micro: derive_seed(self.seed, "mvc-train", step),
+            write_checkpoint=lambda folder, model, ema: model.save_pretrained(folder / "unet"),
+            read_checkpoint=lambda folder, model, ema: model.load_state_dict(
+                UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).state_dict()),
+            write_model=lambda folder, model, ema: self._write_model(folder, base, model))
+        train_diffusion(training, accelerator, train_steps=c.train_steps, checkpoint_every=c.checkpoint_every,
+                        checkpoints=StepCheckpoints(self.workdir / "checkpoints"), model_dir=self.model_dir,
+                        progress=self.progress, desc="train mvc")
         unet.eval()
         if c.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-        self._save_final(base, unet)
+        self._pipe = None
 
-    @property
-    def _checkpoints(self) -> StepCheckpoints:
-        return StepCheckpoints(self.workdir / "checkpoints")
-
-    def _save_checkpoint(self, step: int, unet, optimizer, lr_schedule, scaler=None) -> None:
-        self._checkpoints.save(step, lambda folder: unet.save_pretrained(folder / "unet"), optimizer, lr_schedule,
-                               scaler)
-
-    def _resume(self, unet, optimizer, lr_schedule, scaler=None) -> int:
-        found = self._checkpoints.restore(optimizer, lr_schedule, scaler)
-        if found is None:
-            return 0
-        last, step = found
-        with self._checkpoints.reading(last):
-            unet.load_state_dict(UNet2DConditionModel.from_pretrained(last / "unet", use_safetensors=True).state_dict())
-        return step
-
-    def _save_final(self, base: DiffusionPipeline, unet: UNet2DConditionModel) -> None:
-        tmp = self.workdir / "model.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+    def _write_model(self, folder: Path, base: DiffusionPipeline, unet: UNet2DConditionModel) -> None:
+        """The fine-tuned InstructPix2Pix pipeline (``base``'s VAE, text encoder and scheduler), as safetensors;
+        :data:`MODEL_INFO` last."""
+        if self.config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
         pipe = StableDiffusionInstructPix2PixPipeline(
             vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
             scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        write_json(tmp / MODEL_INFO, {"generator": "mvc", "schema": self.schema.to_dict(),
-                                      "training": self.config.training_part(),
-                                      "config": self.config.model_dump(mode="json")})  # last: marks it complete
-        install_model_dir(tmp, self.model_dir)
-        self._pipe = None
-        self._checkpoints.clear()
+        pipe.save_pretrained(folder, safe_serialization=True)
+        write_json(folder / MODEL_INFO, {"generator": "mvc", "schema": self.schema.to_dict(),
+                                         "training": self.config.training_part(),
+                                         "config": self.config.model_dump(mode="json")})  # last: marks it complete
 
     # ---------------------------------------------------------------------------------------------- sampling
     def pipeline(self) -> DiffusionPipeline:

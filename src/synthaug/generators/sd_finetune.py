@@ -4,8 +4,9 @@ from the fine-tuned weights with the same captions.
 The DeepFashion attribute study fine-tuned Stable Diffusion v1-1 for 1,500 steps on the images of the rare
 classes, captioned "A person wearing {attributes} clothes", and generated with the same captions. Training
 follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py``: ε- (or v-) prediction MSE
-on VAE latents, text encoder and VAE frozen, the UNet trained fully or through a LoRA adapter (peft), under an
-``accelerate.Accelerator`` (mixed precision, gradient accumulation, ``accelerate launch`` data parallelism).
+on VAE latents, text encoder and VAE frozen, the UNet trained fully or through a LoRA adapter (peft), in the
+shared accelerate loop of :mod:`~synthaug.generators.diffusion_training` (mixed precision, gradient accumulation,
+``accelerate launch`` data parallelism: ``batch_size`` is the batch of all processes together, each trains its rows).
 
 The training set is first written in the synthetic-store format (``images/*.png`` + ``metadata.jsonl`` with
 ``file_name`` and ``text``), which diffusers' own ``train_text_to_image.py --train_data_dir`` also reads.
@@ -21,7 +22,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +34,16 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
-from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
-from synthaug.generators.checkpoints import MODEL_INFO, install_model_dir, reading, recover_model_dir
+from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, recover_model_dir
+from synthaug.generators.diffusion_training import (
+    BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
+)
 from synthaug.generators.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
 from synthaug.generators.sd_text2img import SDText2ImgGenerator
@@ -192,6 +194,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
 
     config_class = SDFinetuneConfig
     config: SDFinetuneConfig
+    distributed_fit = True  # every process trains its share of each batch
     pseudo_control = ("samples of the fine-tuned pipeline from the empty prompt (same guidance and negative "
                       "prompt), labelled by the real-only classifier")
 
@@ -224,7 +227,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
             ValueError: for unknown ``classes``, no matching images, or a non-SD-1.x/2.x checkpoint.
             FileNotFoundError: if the base checkpoint cannot be loaded.
         """
-        if self.config.checkpoint or self.is_fitted():
+        if self.config.checkpoint or checked_main_first(self.is_fitted, self.device):
             return
         subset = self._training_images(real)
         captions = [caption(self.schema, subset.labels[k], self.prompt_template) for k in range(len(subset))]
@@ -254,9 +257,11 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
 
     def train(self, data_dir: str | Path, *, accelerator: Accelerator | None = None) -> None:
         """Fine-tunes on a folder of images + ``metadata.jsonl`` (``file_name``, ``text``) and saves the
-        weights to ``workdir/model``, resuming from ``workdir/checkpoints`` if a run was interrupted."""
+        weights to ``workdir/model``, resuming from ``workdir/checkpoints`` if a run was interrupted. Under
+        ``accelerate launch`` every process calls it and trains its share of each batch."""
         c = self.config
         accelerator = accelerator or self._accelerator()
+        BatchShare(0, accelerator.num_processes).check(c.batch_size, "generator.params.batch_size")
         weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[c.mixed_precision]
         pipe = load_pipeline(c.model, device=accelerator.device, pipeline=c.pipeline, dtype="fp32",
                              local_files_only=c.local_files_only)
@@ -278,63 +283,36 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         params = [p for p in unet.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.resolved_learning_rate, betas=(0.9, 0.999),
                                       weight_decay=1e-2, eps=1e-8)  # diffusers' example defaults
-        lr_schedule = get_scheduler("constant_with_warmup", optimizer,
-                                    num_warmup_steps=c.lr_warmup_steps * accelerator.num_processes)
-        ema = EMAModel(params, decay=c.ema_decay) if c.ema else None
-        with reading(self.workdir / "checkpoints", fix="delete its newest step-* folder to resume from the one "
-                     "before (or the whole folder to start over)."):
-            start = self._resume(unet, ema, optimizer, lr_schedule)
-        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
-        unet.train()
+        # the whole batch is split over the processes, so the schedule counts optimizer updates, whatever their number
+        lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.lr_warmup_steps)
 
-        bar = tqdm(range(start, c.train_steps), initial=start, total=c.train_steps, unit="step",
-                   desc=f"fine-tune sd ({c.mode})", disable=not (self.progress and accelerator.is_local_main_process))
-        for step in bar:
-            for micro in range(c.gradient_accumulation_steps):
-                g = torch.Generator().manual_seed(derive_seed(self.seed, "sd-finetune", step, micro,
-                                                               accelerator.process_index))
-                idx = torch.randint(0, len(data), (c.batch_size,), generator=g)
-                latents, text = data.sample(idx, g)
-                noise = torch.randn(latents.shape, generator=g)
-                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (c.batch_size,), generator=g)
-                with accelerator.accumulate(unet):
-                    dev = accelerator.device
-                    loss = diffusion_loss(unet, noise_scheduler, latents.to(dev), text.to(dev), noise.to(dev),
-                                          t.to(dev))
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, c.max_grad_norm)
-                    optimizer.step()
-                    lr_schedule.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(params)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.train_steps:
-                if accelerator.is_main_process:
-                    self._save_checkpoint(step + 1, accelerator.unwrap_model(unet), ema, optimizer,
-                                          lr_schedule)
-                accelerator.wait_for_everyone()
-        bar.close()
-        if accelerator.is_main_process:
-            self._save_final(accelerator.unwrap_model(unet), ema)
-        accelerator.wait_for_everyone()
+        def loss(model, step: int, g: torch.Generator, share: BatchShare) -> torch.Tensor:
+            idx = torch.randint(0, len(data), (c.batch_size,), generator=g)  # 1. the whole batch's draws
+            latents, text = data.sample(idx, g)
+            noise = torch.randn(latents.shape, generator=g)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (c.batch_size,), generator=g)
+            dev = accelerator.device
+            mine = [share.take(x).to(dev) for x in (latents, text, noise, t)]  # 2. this process's rows
+            return share.weight(diffusion_loss(model, noise_scheduler, *mine), c.batch_size)
+
+        training = DiffusionTraining(
+            model=unet, optimizer=optimizer, lr_schedule=lr_schedule, loss=loss, params=params,
+            # micro-step draws as single-process runs drew them before #10 (the last 0 was the process index)
+            draw_seed=lambda step, micro: derive_seed(self.seed, "sd-finetune", step, micro, 0),
+            ema=EMAModel(params, decay=c.ema_decay) if c.ema else None, max_grad_norm=c.max_grad_norm,
+            gradient_accumulation_steps=c.gradient_accumulation_steps,
+            write_checkpoint=self._write_checkpoint, read_checkpoint=self._read_checkpoint,
+            write_model=lambda folder, model, ema: self._save_final(folder, model, ema),
+            checkpoint_info={"training": self.training_fingerprint()}, check_checkpoint=self._check_resumable)
+        train_diffusion(training, accelerator, train_steps=c.train_steps, checkpoint_every=c.checkpoint_every,
+                        checkpoints=StepCheckpoints(self.workdir / "checkpoints"), model_dir=self.workdir / "model",
+                        progress=self.progress, desc=f"fine-tune sd ({c.mode})")
+        self._pipe = None
 
     def _accelerator(self) -> Accelerator:
         c = self.config
-        if c.mixed_precision == "fp16" and self.device.type != "cuda":
-            raise SettingError("generator.params.mixed_precision='fp16' needs a CUDA device; "
-                             "use 'bf16' or 'no'.")
-        try:
-            return Accelerator(mixed_precision=c.mixed_precision, cpu=self.device.type == "cpu",
-                               gradient_accumulation_steps=c.gradient_accumulation_steps)
-        except ValueError as e:
-            if "already been initialized" not in str(e):
-                raise
-            raise SettingError(
-                f"generator.params.mixed_precision={c.mixed_precision!r} differs from the mixed precision "
-                "accelerate was already set up with in this process, and accelerate allows one per process. "
-                "Use the same value, or run fine-tuning in a process of its own.") from None
+        return make_accelerator(c.mixed_precision, self.device, field="generator.params.mixed_precision",
+                                gradient_accumulation_steps=c.gradient_accumulation_steps)
 
     def _trainable_unet(self, unet: UNet2DConditionModel, weight_dtype: torch.dtype) -> UNet2DConditionModel:
         """LoRA: frozen base weights (in ``weight_dtype``) plus an fp32 adapter; full: all weights, fp32."""
@@ -357,78 +335,54 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         return unet
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def _checkpoints(self) -> list[Path]:
-        return sorted((self.workdir / "checkpoints").glob("step-*[0-9]"))
-
-    def _save_checkpoint(self, step, unet, ema, optimizer, lr_schedule) -> None:
-        final = self.workdir / "checkpoints" / f"step-{step:07d}"
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
-        save_file(trainable, tmp / "trainable.safetensors")
-        state: dict[str, Any] = {"step": step, "training": self.training_fingerprint()}
-        if ema is not None:
-            ema_state = ema.state_dict()
-            shadow = ema_state.pop("shadow_params")
-            save_file({str(i): t.contiguous().cpu() for i, t in enumerate(shadow)}, tmp / "ema.safetensors")
-            state["ema"] = ema_state
-        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()},
-                   tmp / "optimizer.pt")
-        write_json(tmp / "state.json", state)
-        tmp.rename(final)  # a checkpoint folder without ".partial" is complete
-        for old in self._checkpoints()[:-2]:
-            shutil.rmtree(old)
-
-    def _resume(self, unet, ema, optimizer, lr_schedule) -> int:
-        for stale in (self.workdir / "checkpoints").glob("*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
-        ckpts = self._checkpoints()
-        if not ckpts:
-            return 0
-        last = ckpts[-1]
-        state = read_json(last / "state.json")
+    def _check_resumable(self, folder: Path, state: dict) -> None:
+        """Refuses a checkpoint written with other training settings (resuming would mix two trainings)."""
         if state.get("training") != self.training_fingerprint():
             saved = state.get("training", {})
             changed = sorted(k for k, v in self.training_fingerprint().items() if saved.get(k) != v)
-            raise SettingError(f"{last} was trained with other settings (changed: {changed}). Delete "
-                             f"{last.parent} to start over, or use another workdir.")
-        trainable = load_file(last / "trainable.safetensors")
+            raise SettingError(f"{folder} was trained with other settings (changed: {changed}). Delete "
+                               f"{folder.parent} to start over, or use another workdir.")
+        log.info("Resuming sd-finetune from %s (step %d).", folder, state["step"])
+
+    @staticmethod
+    def _write_checkpoint(folder: Path, unet: UNet2DConditionModel, ema: EMAModel | None) -> None:
+        """The trainable weights (the LoRA adapter, or the whole UNet) and the EMA's, as safetensors."""
+        trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
+        save_file(trainable, folder / "trainable.safetensors")
+        if ema is not None:
+            ema_state = ema.state_dict()
+            shadow = ema_state.pop("shadow_params")
+            save_file({str(i): t.contiguous().cpu() for i, t in enumerate(shadow)}, folder / "ema.safetensors")
+            write_json(folder / "ema.json", ema_state)
+
+    @staticmethod
+    def _read_checkpoint(folder: Path, unet: UNet2DConditionModel, ema: EMAModel | None) -> None:
+        trainable = load_file(folder / "trainable.safetensors")
         result = unet.load_state_dict(trainable, strict=False)
         wanted = {n for n, p in unet.named_parameters() if p.requires_grad}
         if result.unexpected_keys or wanted - set(trainable):
-            raise SettingError(f"{last}/trainable.safetensors does not match the model being trained; "
-                             f"delete {last.parent} to start over.")
-        if ema is not None and (last / "ema.safetensors").is_file():
-            shadow = load_file(last / "ema.safetensors")
-            shadow_params = [shadow[str(i)] for i in range(len(shadow))]
-            ema.load_state_dict({**state["ema"], "shadow_params": shadow_params})
-        opt_state = torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu")
-        optimizer.load_state_dict(opt_state["optimizer"])
-        lr_schedule.load_state_dict(opt_state["lr_schedule"])
-        log.info("Resuming sd-finetune from %s (step %d).", last, state["step"])
-        return int(state["step"])
+            raise SettingError(f"{folder}/trainable.safetensors does not match the model being trained; "
+                               f"delete {folder.parent} to start over.")
+        if ema is not None and (folder / "ema.safetensors").is_file():
+            shadow = load_file(folder / "ema.safetensors")
+            ema.load_state_dict({**read_json(folder / "ema.json"),
+                                 "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
 
-    def _save_final(self, unet: UNet2DConditionModel, ema: EMAModel | None) -> None:
+    def _save_final(self, folder: Path, unet: UNet2DConditionModel, ema: EMAModel | None) -> None:
+        """Writes the fine-tuned model into ``folder`` (EMA weights already in ``unet``): the LoRA adapter as
+        diffusers saves it, or the full UNet; :data:`MODEL_INFO` last."""
         c = self.config
-        if ema is not None:
-            ema.copy_to([p for p in unet.parameters() if p.requires_grad])
-        tmp = self.workdir / "model.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        folder.mkdir(parents=True)
         if c.mode == "lora":
             lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
             StableDiffusionPipeline.save_lora_weights(
-                tmp, unet_lora_layers=lora, weight_name=LORA_WEIGHTS, safe_serialization=True,
+                folder, unet_lora_layers=lora, weight_name=LORA_WEIGHTS, safe_serialization=True,
                 unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
         else:
-            unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        write_json(tmp / MODEL_INFO, {"generator": self.name, "mode": c.mode, "base_model": c.model,
-                                      "schema": self.schema.to_dict(),
-                                      "training": self.training_fingerprint()})
-        install_model_dir(tmp, self.workdir / "model")
-        self._pipe = None
-        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+            unet.save_pretrained(folder / "unet", safe_serialization=True)
+        write_json(folder / MODEL_INFO, {"generator": self.name, "mode": c.mode, "base_model": c.model,
+                                         "schema": self.schema.to_dict(),
+                                         "training": self.training_fingerprint()})
 
     # ------------------------------------------------------------------------------------------ sampling
     def _load_pipeline(self) -> DiffusionPipeline:
