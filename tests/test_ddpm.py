@@ -256,3 +256,15 @@ def test_the_samplers_read_what_the_network_was_trained_to_predict(digits, tmp_p
     assert g._scheduler().config.prediction_type == prediction_type
     other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
     assert not create_generator("ddpm", {**cfg, "prediction_type": other}, digits.schema, workdir=tmp_path).is_fitted()
+
+
+def test_class_balanced_batches_draw_a_rare_class_as_often_as_a_common_one():
+    from synthaug.generators.ddpm import image_weights
+
+    labels = torch.tensor([0] * 380 + [1] * 38 + [2] * 4)  # the demo's 95:1 long tail, in three classes
+    g = torch.Generator().manual_seed(0)
+    drawn = labels[torch.multinomial(image_weights(labels, 3, True), 30_000, replacement=True, generator=g)]
+    share = torch.bincount(drawn, minlength=3) / len(drawn)
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.02)
+    drawn = labels[torch.multinomial(image_weights(labels, 3, False), 30_000, replacement=True, generator=g)]
+    assert torch.bincount(drawn, minlength=3)[2] / len(drawn) < 0.02  # uniform over images: the data's tail

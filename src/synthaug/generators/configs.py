@@ -79,7 +79,10 @@ class DDPMConfig(GeneratorConfig):
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = 0.0
     label_dropout: float = Field(0.1, ge=0, le=1)  # classifier-free guidance: P(label -> null) in training
-    class_balanced: bool = False  # draw batches with P(image) ∝ 1 / count(its class)
+    # draw batches with P(image) ∝ 1 / count(its class), so every class is seen equally often; on the demo's
+    # MNIST-LT (4-380 images a class) the judge recognised 98.5 % of samples after 300 steps, against 77 %
+    # (10-15 % for the two rarest classes) with uniform batches (BENCHMARKS.md "Class-balanced batches")
+    class_balanced: bool = True
     ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
     # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

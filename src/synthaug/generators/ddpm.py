@@ -72,6 +72,15 @@ class _DDPMBatches:
         return share.weight(F.mse_loss(pred.float(), target), n)  # 4. the denoising objective
 
 
+def image_weights(labels: torch.Tensor, num_classes: int, class_balanced: bool) -> torch.Tensor:
+    """Each training image's chance of being drawn into a batch: ∝ 1 / (images of its class) when
+    ``class_balanced`` (every class drawn equally often, however rare), else uniform (classes as often as the data
+    has them)."""
+    if not class_balanced:
+        return torch.ones(len(labels))
+    return 1.0 / torch.bincount(labels, minlength=num_classes).float()[labels]
+
+
 def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans, 2022, Eq. 6): ε = ε_∅ + w (ε_y − ε_∅); the same linear mix
     applies to a v- or x0-predicting network's outputs.
@@ -172,10 +181,8 @@ class DDPMGenerator(Generator):
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
         ema = EMAModel(unet.parameters(), decay=c.ema_decay, model_cls=UNet2DModel, model_config=unet.config) \
             if c.ema_decay > 0 else None
-        counts = torch.bincount(labels, minlength=self.num_classes).float()
-        weights = (1.0 / counts[labels]) if c.class_balanced else torch.ones(len(labels))
         batch = _DDPMBatches(c, self._noise_scheduler(), data.to(accelerator.device), labels.to(accelerator.device),
-                             weights, self.num_classes)
+                             image_weights(labels, self.num_classes, c.class_balanced), self.num_classes)
         training = DiffusionTraining(
             model=unet, optimizer=optimizer,
             lr_schedule=get_cosine_schedule_with_warmup(optimizer, c.warmup_steps, max(c.train_steps, 1)),
