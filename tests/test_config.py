@@ -54,3 +54,13 @@ def test_load_config_reports_file_problems(tmp_path):
 def test_bad_override_paths_name_the_override(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config({"data": {"source": "mnist5k"}, "seeds": [0]}, [override])
+
+
+def test_synthaug_demo_runs_the_demo_config_the_readme_shows():
+    """`synthaug demo` (`make demo`) loads the packaged copy; README and BENCHMARKS point at configs/demo.yaml."""
+    from importlib import resources
+    from pathlib import Path
+
+    packaged = resources.files("synthaug") / "configs" / "demo.yaml"
+    repo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert packaged.read_text() == repo.read_text(), "copy configs/demo.yaml to src/synthaug/configs/demo.yaml"
