@@ -23,7 +23,7 @@ from synthaug.errors import SettingError
 from synthaug.generators.captions import caption, check_template
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     """One image to generate.
 
@@ -121,9 +121,10 @@ def make_items(
         raise SettingError(f"counts has {len(counts)} entries but group {g.name!r} has {len(g.classes)} classes.")
     items = []
     for c, n in enumerate(counts):
+        labels = (c,)  # one tuple shared by the class's items
         for k in range(int(n)):
             item_id = f"{g.classes[c]}-{k:05d}"
-            items.append(PlanItem(item_id, (c,), derive_seed(seed, item_id),
+            items.append(PlanItem(item_id, labels, derive_seed(seed, item_id),
                                   prompt=None if prompts is None else prompts[c]))
     return items
 
