@@ -1,6 +1,6 @@
 """Sampling speed against label fidelity for a run's trained ``ddpm`` generator (issue 11, part 3).
 
-    .venv/bin/python bench/sampling.py runs/demo [--per-class 20] [--stock-per-class 10] [--compile]
+    .venv/bin/python bench/sampling.py runs/demo [--per-class 50] [--stock-per-class 10] [--compile]
 
 Needs a finished run folder with a ``ddpm`` generator and a judge (``make demo`` makes ``runs/demo``). Every
 variant samples the same items (the same per-item seeds) with the run's trained model and prints, side by
@@ -14,8 +14,9 @@ side in one process:
   ``ddpm`` scheduler with every training timestep), at the run's precision — in fp32, diffusers' default,
   the stock sampler is slower still, so the ratio printed is a lower bound.
 
-Variants: the stock sampler, DDIM 25, DPM-Solver++ and UniPC at 5-25 steps, and for the run's sampler
-setting: without guidance batching, channels-last, fp32 vs bf16 (bf16 only where the CPU runs it natively,
+Variants: the stock sampler, DDIM 10, DPM-Solver++ and UniPC at 4-25 steps (timesteps "trailing", the
+default), and for the run's sampler setting: "leading" timesteps (diffusers' DDPMScheduler default) at 8 and
+25 steps, without guidance batching, channels-last on and off, fp32 vs bf16 (bf16 only where the CPU runs it natively,
 see ``precision: auto``) and ``torch.compile`` (with ``--compile``; compiling takes minutes on 2 cores).
 """
 
@@ -45,13 +46,16 @@ from demo_budget import cpu_model  # noqa: E402
 def variants(base: dict, native_bf16: bool, with_compile: bool) -> list[tuple[str, dict, bool]]:
     """(label, generator settings, is_stock) in the order they run."""
     rows = [("stock: ddpm ancestral 1000", {"sampler": "ddpm", "sampling_steps": 1000}, True),
-            ("ddim 25", {"sampler": "ddim", "sampling_steps": 25}, False)]
+            ("ddim 10", {"sampler": "ddim", "sampling_steps": 10}, False)]
     for sampler in ("dpmsolver++", "unipc"):
-        rows += [(f"{sampler} {n}", {"sampler": sampler, "sampling_steps": n}, False) for n in (5, 8, 10, 15, 25)]
-    ours = {k: base[k] for k in ("sampler", "sampling_steps")}
+        rows += [(f"{sampler} {n}", {"sampler": sampler, "sampling_steps": n}, False) for n in (4, 5, 6, 8, 10, 15, 25)]
+    ours = {k: base[k] for k in ("sampler", "sampling_steps", "timestep_spacing")}
     tag = f"{ours['sampler']} {ours['sampling_steps']}"
+    rows += [(f"{ours['sampler']} {n}, timesteps \"leading\" (diffusers' DDPMScheduler default)",
+              {**ours, "sampling_steps": n, "timestep_spacing": "leading"}, False) for n in (8, 25)]
     rows += [(f"{tag}, two passes (no guidance batching)", {**ours, "guidance_batching": False}, False),
-             (f"{tag}, channels_last", {**ours, "channels_last": True}, False),
+             (f"{tag}, channels_last on", {**ours, "channels_last": True}, False),
+             (f"{tag}, channels_last off", {**ours, "channels_last": False}, False),
              (f"{tag}, fp32", {**ours, "precision": "fp32"}, False)]
     if native_bf16:
         rows.append((f"{tag}, bf16", {**ours, "precision": "bf16"}, False))
@@ -74,7 +78,7 @@ def judge_accuracy(judge, size: int, images, labels: np.ndarray, schema) -> tupl
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished run folder (config.yaml, generator/, judge/model)")
-    parser.add_argument("--per-class", type=int, default=20, help="images per class for every variant")
+    parser.add_argument("--per-class", type=int, default=50, help="images per class for every variant")
     parser.add_argument("--stock-per-class", type=int, default=10,
                         help="images per class for the 1,000-step stock sampler (its first items)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")

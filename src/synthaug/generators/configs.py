@@ -60,7 +60,8 @@ class GeneratorConfig(BaseModel):
 
 
 class DDPMConfig(GeneratorConfig):
-    sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "guidance_scale"})
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "timestep_spacing",
+                                                            "guidance_scale"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
                                                               "enable_compile"})
     # --- network
@@ -96,9 +97,16 @@ class DDPMConfig(GeneratorConfig):
     # dpmsolver++ / unipc: multistep ODE solvers for 5-25 steps; ddim; ddpm = ancestral (use 1,000 steps)
     sampler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     sampling_steps: int = Field(20, ge=1)
+    # where the sampling steps sit among the training timesteps. "trailing" (and "linspace") start at the last,
+    # pure-noise timestep; "leading", DDPMScheduler's default, starts at T - T/steps (t = 874 of 1000 for 8
+    # steps), a point where the model expects signal it was never given: on the demo generator the judge
+    # recognised 48 % of 8-step samples with "leading" and 89.5 % with "trailing" (BENCHMARKS.md "Sampling").
+    # Lin et al. (2024), "Common diffusion noise schedules and sample steps are flawed", Table 2.
+    timestep_spacing: Literal["trailing", "linspace", "leading"] = "trailing"
     guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
     guidance_batching: bool = True  # one UNet pass on [x, x] for the labelled and null predictions, not two
-    channels_last: bool = False  # channels-last memory format for sampling (bench/sampling.py says if it helps)
+    # channels-last memory format for sampling; auto: on for fp32 on a CPU, where it measured faster
+    channels_last: bool | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet for sampling (first batch slow while it compiles)
     checkpoint: str | None = None  # a trained model folder to sample from instead of training
 
