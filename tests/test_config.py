@@ -6,7 +6,7 @@ from synthaug.config import ConfigError, build_config, load_config
 def test_defaults_have_the_study_arms():
     cfg = build_config({})
     assert [a.name for a in cfg.arms] == ["real-ce", "real-bsm", "oversample", "synth-combined",
-                                          "synth-balanced-batch", "synth-bsm", "pseudo-combined"]
+                                          "synth-balanced-batch", "synth-bsm", "synth-oversample", "pseudo-combined"]
     assert cfg.arm_train(cfg.arm("real-bsm")).loss == "balanced-softmax"
 
 
@@ -45,7 +45,7 @@ def test_load_config_reports_file_problems(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("seeds.5=1", r"--set seeds\.5=1: seeds is a list with 1 entries \(indices 0-0\)"),
     ("train.model.head_hidden.0=64", r"train\.model\.head_hidden is not in the config .* set the whole list"),
-    ("arms.9.train.lr=0.1", r"--set arms\.9\.train\.lr=0\.1: arms is a list with 7 entries"),
+    ("arms.9.train.lr=0.1", r"--set arms\.9\.train\.lr=0\.1: arms is a list with 8 entries"),
     ("data.source.x=1", r"--set data\.source\.x=1: data\.source is a single value \('mnist5k'\)"),
     ("seeds=[0,", r"--set seeds=\[0,: the value '\[0,' is not valid YAML"),
     ("seeds.x=1", r"--set seeds\.x=1: seeds is a list with 1 entries .* 'x' does not name one"),

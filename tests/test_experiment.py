@@ -36,7 +36,7 @@ def test_run_writes_every_stage_and_the_table(config, tmp_path, capsys):
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "tiny"
     for arm in ("real-ce", "real-bsm", "oversample", "synth-combined", "synth-balanced-batch", "synth-bsm",
-                "pseudo-combined"):
+                "synth-oversample", "pseudo-combined"):
         assert f"| {arm} |" in out
         for seed in (0, 1):
             folder = run / "train" / arm / f"seed{seed}"

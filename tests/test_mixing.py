@@ -41,3 +41,19 @@ def test_epochs_are_reproducible_and_unknown_strategy_is_named():
     assert all((x == y).all() for x, y in zip(a, b))
     with pytest.raises(KeyError, match="balanced-batch"):
         make_batches("nope", real, real, batch_size=8, rng=np.random.default_rng(0))
+
+
+def test_oversample_synthetic_keeps_a_rare_class_half_real():
+    """Every class gets T = 60 draws an epoch; a class's real images at least half of them (resampled when
+    few), distinct synthetic images for the rest, and real images again where synthetic ones run short."""
+    real, synth = _labels([60, 12, 4, 30]), _labels([0, 48, 56, 10])
+    n_real = len(real)
+    for epoch in range(3):
+        idx = np.concatenate(make_batches("oversample-synthetic", real, synth, batch_size=16,
+                                          rng=np.random.default_rng(epoch), synthetic_share=0.5))
+        is_synth = idx >= n_real
+        labels = np.where(is_synth, synth[np.minimum(idx - n_real, len(synth) - 1), 0], real[np.minimum(idx, n_real - 1), 0])
+        assert np.bincount(labels).tolist() == [60, 60, 60, 60]
+        assert np.bincount(labels[~is_synth]).tolist() == [60, 30, 30, 50]  # class 3: only 10 synthetic images
+        assert len(set(idx[is_synth])) == is_synth.sum()  # synthetic images drawn without replacement
+        assert set(range(n_real)) <= set(idx[~is_synth])  # every real image at least once

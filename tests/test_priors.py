@@ -24,7 +24,8 @@ def _labels(n, p0, seed):
 
 REAL = _labels(90, [0.75, 0.2, 0.05], 0)  # long-tailed
 SYNTH = _labels(60, [0.05, 0.35, 0.6], 1)  # generated for the tail
-OPTIONS = {"real-only": {}, "combined": {}, "oversample": {}, "balanced-batch": {"synthetic_share": 0.25},
+OPTIONS = {"real-only": {}, "combined": {}, "oversample": {}, "oversample-synthetic": {"synthetic_share": 0.5},
+           "oversample-synthetic/0.8": {"synthetic_share": 0.8}, "balanced-batch": {"synthetic_share": 0.25},
            "rsp": {"synthetic_share": 0.4}, "two-phase": {"phase": 1}, "two-phase/2": {"phase": 2}}
 
 
@@ -100,7 +101,7 @@ def test_inapplicable_names_each_ignored_field_and_the_setting_it_needs():
     assert set(reasons) == {"synthetic_share", "weight_k", "prior", "batch_mix_alpha", "momentum",
                             "phase2_lr_scale", "model.trainable_stages"}
     assert "train.synthetic_share is ignored" in reasons["synthetic_share"]
-    assert "balanced-batch or rsp" in reasons["synthetic_share"] and "'combined'" in reasons["synthetic_share"]
+    assert "balanced-batch, rsp or oversample-synthetic" in reasons["synthetic_share"] and "'combined'" in reasons["synthetic_share"]
     assert "weighted-ce" in reasons["weight_k"] and "'ce'" in reasons["weight_k"]
     assert "sgd" in reasons["momentum"] and "freeze all-but-last" in reasons["model.trainable_stages"]
     used = TrainConfig(mixing="two-phase", phase2_epochs=1, loss="weighted-ce", optimizer="sgd", batch_mix="cutmix",

@@ -147,10 +147,13 @@ DEFAULT_ARMS = [
     {"name": "synth-balanced-batch", "synthetic": "generated", "train": {"loss": "ce", "mixing": "balanced-batch"}},
     # Balanced Softmax on real + synthetic, with the prior of the label mix the batches follow (prior: auto)
     {"name": "synth-bsm", "synthetic": "generated", "train": {"loss": "balanced-softmax", "mixing": "combined"}},
+    # the strongest non-generative baseline (oversampling) plus the synthetic images: every class's draws at
+    # least half its real images, so a class with 4 images is not drowned by its synthetic ones
+    {"name": "synth-oversample", "synthetic": "generated", "train": {"loss": "ce", "mixing": "oversample-synthetic"}},
     {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"loss": "ce", "mixing": "combined"}},
 ]
 
-SYNTHETIC_MIXINGS = {"combined", "balanced-batch", "rsp", "two-phase"}
+SYNTHETIC_MIXINGS = {"combined", "balanced-batch", "rsp", "two-phase", "oversample-synthetic"}
 
 
 class ExperimentConfig(_Strict):

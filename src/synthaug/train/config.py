@@ -23,6 +23,7 @@ MIXING: Registry = Registry("mixing strategy", {
     "real-only": "synthaug.train.mixing:RealOnly",
     "combined": "synthaug.train.mixing:Combined",
     "oversample": "synthaug.train.mixing:Oversample",
+    "oversample-synthetic": "synthaug.train.mixing:OversampleSynthetic",
     "balanced-batch": "synthaug.train.mixing:BalancedBatch",
     "rsp": "synthaug.train.mixing:RandomSelection",
     "two-phase": "synthaug.train.mixing:TwoPhase",
@@ -40,7 +41,7 @@ BATCH_MIXES: Registry = Registry("batch mix", {
 })
 
 REAL_ONLY = {"real-only", "oversample"}  # mixing strategies that never use the synthetic set
-SHARE_MIXINGS = {"balanced-batch", "rsp"}  # mixing strategies that take synthetic_share
+SHARE_MIXINGS = {"balanced-batch", "rsp", "oversample-synthetic"}  # mixing strategies that take synthetic_share
 PRIOR_LOSSES = {"weighted-ce", "balanced-softmax"}  # losses built from the class distribution (the prior)
 PERFORMANCE = {"num_workers", "image_cache_mb"}  # fields that change neither weights nor metrics: in no fingerprint
 SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm uses the synthetic set
@@ -73,11 +74,14 @@ class TrainConfig(BaseModel):
     weight_k: float = Field(1.0, gt=0)
     # weighted-ce / balanced-softmax: the class distribution the loss corrects for. "auto": the one the arm's
     # batches follow (real + synthetic counts for combined and two-phase phase 1, the expected batch mix for
-    # balanced-batch / rsp, uniform for oversample); "real": the real images' counts. Written to prior.json.
+    # balanced-batch / rsp, uniform for oversample and oversample-synthetic); "real": the real images' counts.
+    # Written to prior.json.
     prior: Literal["auto", "real"] = "auto"
-    mixing: registered(MIXING) = "real-only"  # real-only, combined, balanced-batch, oversample, rsp, ...
+    # real-only, combined, balanced-batch, oversample, oversample-synthetic, rsp, two-phase
+    mixing: registered(MIXING) = "real-only"
     # balanced-batch: the synthetic part of every batch (round(batch_size × share) images, at least one real and
-    # one synthetic); rsp: the probability p that a batch slot is synthetic
+    # one synthetic); rsp: the probability p that a batch slot is synthetic; oversample-synthetic: the most of a
+    # class's draws that are synthetic (the rest are its real images, oversampled)
     synthetic_share: float = Field(0.5, ge=0, lt=1)
     augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
     batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
@@ -141,7 +145,8 @@ class TrainConfig(BaseModel):
         two_phase = f"applies to mixing two-phase, but mixing is {self.mixing!r}"
         rules = {
             "synthetic_share": (self.mixing in SHARE_MIXINGS,
-                                f"applies to mixing balanced-batch or rsp, but mixing is {self.mixing!r}"),
+                                f"applies to mixing balanced-batch, rsp or oversample-synthetic, but mixing is "
+                                f"{self.mixing!r}"),
             "weight_k": (self.loss == "weighted-ce", f"applies to loss weighted-ce, but loss is {self.loss!r}"),
             "prior": (self.loss in PRIOR_LOSSES,
                       f"applies to loss weighted-ce or balanced-softmax, but loss is {self.loss!r}"),

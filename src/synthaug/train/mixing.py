@@ -119,6 +119,58 @@ class Oversample(MixingStrategy):
         return [np.bincount(labels[:, g], weights=draws_per_image, minlength=k) for g, k in enumerate(group_sizes)]
 
 
+@MIXING.register("oversample-synthetic")
+class OversampleSynthetic(MixingStrategy):
+    """Oversampling with synthetic images: every class (first label group) gets T draws an epoch, T = the
+    largest class's real + synthetic count; at least ``1 − synthetic_share`` of them are its real images
+    (each once, then resampled with replacement, as ``oversample``), the rest distinct synthetic images (a
+    new random subset each epoch), and real images again where a class has too few synthetic ones.
+
+    Where ``combined`` shows a 4-image class's real images once among hundreds of synthetic ones, this keeps
+    them half of the class's draws: the strongest non-generative baseline plus the synthetic images.
+    """
+
+    def __init__(self, *, synthetic_share: float = 0.5):
+        if not 0 <= synthetic_share < 1:
+            raise SettingError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
+        self.synthetic_share = synthetic_share
+        self.prior_rule = ("uniform over the first group's classes (T draws each: oversampled real and synthetic "
+                           "images); other groups: their distribution within those draws")
+
+    def _draws(self, real: np.ndarray, synth: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(real draws, synthetic draws) per first-group class."""
+        n_real, n_synth = np.bincount(real, minlength=classes), np.bincount(synth, minlength=classes)
+        target = int((n_real + n_synth).max(initial=0))
+        wanted_real = np.where(n_real > 0, np.maximum(n_real, math.ceil((1 - self.synthetic_share) * target)), 0)
+        synth_draws = np.minimum(n_synth, target - np.minimum(wanted_real, target))
+        real_draws = np.where(n_real > 0, target - synth_draws, 0)
+        return real_draws, synth_draws
+
+    def batches(self, real_labels, synth_labels, *, batch_size, rng):
+        real, synth = _as_2d(real_labels)[:, 0], _as_2d(synth_labels)[:, 0] if len(synth_labels) else np.zeros(0, int)
+        classes = int(max(real.max(initial=-1), synth.max(initial=-1))) + 1
+        real_draws, synth_draws = self._draws(real, synth, classes)
+        idx = []
+        for c in range(classes):
+            members = np.flatnonzero(real == c)
+            if real_draws[c]:
+                idx += [members, rng.choice(members, real_draws[c] - len(members), replace=True)]
+            if synth_draws[c]:
+                idx.append(rng.permutation(np.flatnonzero(synth == c))[:synth_draws[c]] + len(real))
+        return _chunks(rng.permutation(np.concatenate(idx)), batch_size)
+
+    def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
+        real, synth = _as_2d(real_labels), _as_2d(synth_labels) if len(synth_labels) else np.zeros((0, len(group_sizes)), int)
+        real_draws, synth_draws = self._draws(real[:, 0], synth[:, 0], group_sizes[0])
+        n_real = np.maximum(np.bincount(real[:, 0], minlength=group_sizes[0]), 1)
+        n_synth = np.maximum(np.bincount(synth[:, 0], minlength=group_sizes[0]), 1)
+        w_real = (real_draws / n_real)[real[:, 0]]  # expected draws of each real / synthetic image
+        w_synth = (synth_draws / n_synth)[synth[:, 0]]
+        return [np.bincount(real[:, g], weights=w_real, minlength=k) + np.bincount(synth[:, g], weights=w_synth,
+                                                                                   minlength=k)
+                for g, k in enumerate(group_sizes)]
+
+
 def _mix(real_labels, synth_labels, group_sizes, real_draws: float, synth_draws: float) -> list[np.ndarray]:
     """Expected counts when ``real_draws`` real and ``synth_draws`` synthetic images are drawn in shuffled
     passes (every image of a set equally often)."""
