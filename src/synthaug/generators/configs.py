@@ -98,8 +98,8 @@ class DDPMConfig(GeneratorConfig):
     sampler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     sampling_steps: int = Field(20, ge=1)
     # where the sampling steps sit among the training timesteps. "trailing" (and "linspace") start at the last,
-    # pure-noise timestep; "leading", DDPMScheduler's default, starts at T - T/steps (t = 874 of 1000 for 8
-    # steps), a point where the model expects signal it was never given: on the demo generator the judge
+    # pure-noise timestep; "leading", DDPMScheduler's default, starts lower (t = 888 of 1000 for DPM-Solver++
+    # with 8 steps), where the model expects signal that pure noise does not have: on the demo generator the judge
     # recognised 48 % of 8-step samples with "leading" and 89.5 % with "trailing" (BENCHMARKS.md "Sampling").
     # Lin et al. (2024), "Common diffusion noise schedules and sample steps are flawed", Table 2.
     timestep_spacing: Literal["trailing", "linspace", "leading"] = "trailing"

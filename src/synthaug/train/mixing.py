@@ -40,6 +40,11 @@ def _as_2d(labels: np.ndarray) -> np.ndarray:
     return labels[:, None] if labels.ndim == 1 else labels
 
 
+def _groups_of(labels: np.ndarray, groups: int) -> np.ndarray:
+    """``labels`` as an (N, groups) integer array, also when N = 0 (an empty synthetic set)."""
+    return np.asarray(labels, dtype=np.int64).reshape(len(labels), groups)
+
+
 def class_counts(labels: np.ndarray, group_sizes: Sequence[int]) -> list[np.ndarray]:
     """Images per class of every label group, as floats (``labels``: (N, G) class indices)."""
     if len(labels) == 0:
@@ -147,7 +152,8 @@ class OversampleSynthetic(MixingStrategy):
         return real_draws, synth_draws
 
     def batches(self, real_labels, synth_labels, *, batch_size, rng):
-        real, synth = _as_2d(real_labels)[:, 0], _as_2d(synth_labels)[:, 0] if len(synth_labels) else np.zeros(0, int)
+        real = _as_2d(real_labels)
+        real, synth = real[:, 0], _groups_of(synth_labels, real.shape[1])[:, 0]
         classes = int(max(real.max(initial=-1), synth.max(initial=-1))) + 1
         real_draws, synth_draws = self._draws(real, synth, classes)
         idx = []
@@ -160,15 +166,14 @@ class OversampleSynthetic(MixingStrategy):
         return _chunks(rng.permutation(np.concatenate(idx)), batch_size)
 
     def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
-        real, synth = _as_2d(real_labels), _as_2d(synth_labels) if len(synth_labels) else np.zeros((0, len(group_sizes)), int)
+        real, synth = _groups_of(real_labels, len(group_sizes)), _groups_of(synth_labels, len(group_sizes))
         real_draws, synth_draws = self._draws(real[:, 0], synth[:, 0], group_sizes[0])
         n_real = np.maximum(np.bincount(real[:, 0], minlength=group_sizes[0]), 1)
         n_synth = np.maximum(np.bincount(synth[:, 0], minlength=group_sizes[0]), 1)
         w_real = (real_draws / n_real)[real[:, 0]]  # expected draws of each real / synthetic image
         w_synth = (synth_draws / n_synth)[synth[:, 0]]
-        return [np.bincount(real[:, g], weights=w_real, minlength=k) + np.bincount(synth[:, g], weights=w_synth,
-                                                                                   minlength=k)
-                for g, k in enumerate(group_sizes)]
+        return [np.bincount(real[:, g], weights=w_real, minlength=k)
+                + np.bincount(synth[:, g], weights=w_synth, minlength=k) for g, k in enumerate(group_sizes)]
 
 
 def _mix(real_labels, synth_labels, group_sizes, real_draws: float, synth_draws: float) -> list[np.ndarray]:
