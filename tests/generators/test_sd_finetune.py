@@ -146,6 +146,29 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_sd_dir, real, tmp
         torch.testing.assert_close(a[k], b[k])
 
 
+def test_a_checkpoint_from_before_the_shared_loop_resumes_with_its_ema(tiny_sd_dir, real, tmp_path, monkeypatch):
+    """Checkpoints written before ``ema.json`` existed kept the EMA's counters in ``state.json``["ema"]."""
+    cfg = _config(tiny_sd_dir, mode="full", train_steps=4, checkpoint_every=2, learning_rate=1e-4, batch_size=2,
+                  ema=True, ema_decay=0.5)
+    create_generator("sd-finetune", cfg, SCHEMA, workdir=tmp_path / "straight", seed=5).fit(real)
+    old = create_generator("sd-finetune", cfg, SCHEMA, workdir=tmp_path / "old", seed=5)
+    with monkeypatch.context() as m:
+        m.setattr(type(old), "_save_final", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            old.fit(real)
+    ckpt = tmp_path / "old" / "checkpoints" / "step-0000002"
+    state = json.loads((ckpt / "state.json").read_text())
+    state["ema"] = json.loads((ckpt / "ema.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps(state))
+    (ckpt / "ema.json").unlink()  # the old layout
+    old.fit(real)
+    weights = "model/unet/diffusion_pytorch_model.safetensors"  # the EMA weights, copied in at the end
+    a, b = load_file(tmp_path / "straight" / weights), load_file(tmp_path / "old" / weights)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
 def test_changed_settings_do_not_resume_silently(tiny_sd_dir, real, tmp_path, monkeypatch):
     cfg = _config(tiny_sd_dir, train_steps=4, checkpoint_every=2, batch_size=2)
     gen = create_generator("sd-finetune", cfg, SCHEMA, workdir=tmp_path)

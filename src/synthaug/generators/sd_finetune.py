@@ -365,8 +365,10 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
                                f"delete {folder.parent} to start over.")
         if ema is not None and (folder / "ema.safetensors").is_file():
             shadow = load_file(folder / "ema.safetensors")
-            ema.load_state_dict({**read_json(folder / "ema.json"),
-                                 "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+            # checkpoints written before the shared training loop kept the EMA's counters in state.json
+            counters = (read_json(folder / "ema.json") if (folder / "ema.json").is_file()
+                        else read_json(folder / "state.json")["ema"])
+            ema.load_state_dict({**counters, "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
 
     def _save_final(self, folder: Path, unet: UNet2DConditionModel, ema: EMAModel | None) -> None:
         """Writes the fine-tuned model into ``folder`` (EMA weights already in ``unet``): the LoRA adapter as
