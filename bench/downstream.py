@@ -1,14 +1,19 @@
 """Downstream benchmark: the demo experiment (MNIST-LT, ρ = 100) against the strongest honest baselines and an
-upper bound, mean ± std over 3 classifier seeds.
+upper bound, mean ± std over 3 classifier seeds, at the demo's compute budget.
 
     .venv/bin/python bench/downstream.py [--quick] [--set key=value ...]
 
+Budget: ``configs/demo.yaml`` as it is (its generator, sampler, step count and classifier epochs), with the
+synthetic plan over-generated 1.5× for the filters and 3 classifier seeds (the synthetic set is made once;
+seeds vary classifier initialisation and batches). ``--set generator.params.train_steps=600`` etc. for more.
+
 Arms: the non-generative baselines (cross-entropy, Balanced Softmax, oversampling), each without and with the
-best augmentation preset for the data (``--augment``, ``digits`` = random affine for MNIST); real + synthetic
-with cross-entropy and with Balanced Softmax (prior: auto, the label mix the batches follow), each on the
-unfiltered set and on the filtered one (confidence filter from the augmented Balanced-Softmax arm +
-near-duplicate, with 1.5× over-generation); and the oracle: the augmented cross-entropy classifier on the
-balanced real pool (the ``evaluation.oracle`` study). Prints per arm overall / many / medium / few-shot
+best augmentation preset for the data (``--augment``, ``digits`` = random affine for MNIST); real + synthetic,
+all with that augmentation, with cross-entropy (pooled), Balanced Softmax (pooled; prior: auto, the label mix
+the batches follow) and oversample-synthetic (every class drawn equally often, at least half of its draws real),
+each on the unfiltered set and on the filtered one (confidence filter from the augmented Balanced-Softmax arm +
+near-duplicate); and the oracle: the augmented cross-entropy classifier on the balanced real pool (the
+``evaluation.oracle`` study). Prints per arm overall / many / medium / few-shot
 top-1 and the share of the gap closed, (arm − best non-generative arm) / (oracle − best non-generative arm),
 for overall and few-shot accuracy (the best non-generative arm taken per column), then the synthetic label
 check, the filter counts and the memorisation figures. Finished stages are reused on re-run.
@@ -31,9 +36,7 @@ from synthaug.report.tables import collect_rows, shot_means
 from synthaug.utils import read_json
 
 COLUMNS = ["overall", "many", "medium", "few"]
-FULL_BUDGET = ["name=bench-downstream", "seeds=[0, 1, 2]", "generator.params.train_steps=2500",
-               "generator.params.block_out_channels=[32, 64, 64]", "train.epochs=15",
-               "generator.params.sampling_steps=20"]
+FULL_BUDGET = ["name=bench-downstream", "seeds=[0, 1, 2]"]  # the demo config's generator and epochs
 QUICK_BUDGET = ["name=bench-downstream-quick", "seeds=[0]", "generator.params.train_steps=30",
                 "generator.params.block_out_channels=[16, 32]", "generator.params.norm_num_groups=4",
                 "generator.params.sampling_steps=4",
@@ -47,10 +50,12 @@ def arms(augment: str) -> list[dict]:
     out = [{"name": n, "train": {"loss": loss, "mixing": mix, "augment": "none"}} for n, loss, mix in real]
     out += [{"name": f"{n}-{augment}", "train": {"loss": loss, "mixing": mix, "augment": augment}}
             for n, loss, mix in real]
-    for name, loss in (("synth-ce", "ce"), ("synth-bsm", "balanced-softmax")):
+    synthetic = [("synth-ce", "ce", "combined"), ("synth-bsm", "balanced-softmax", "combined"),
+                 ("synth-oversample", "ce", "oversample-synthetic")]
+    for name, loss, mix in synthetic:
         for filtered in (False, True):
             out.append({"name": f"{name}{'-filtered' if filtered else ''}-{augment}", "synthetic": "generated",
-                        "use_filters": filtered, "train": {"loss": loss, "mixing": "combined", "augment": augment}})
+                        "use_filters": filtered, "train": {"loss": loss, "mixing": mix, "augment": augment}})
     return out
 
 
