@@ -61,7 +61,7 @@ def config(tmp_path, **over):
         "train": {"epochs": 2, "batch_size": 32, "precision": "fp32"},
         "judge": {"enabled": False}, "evaluation": {"enabled": False},
         "arms": [{"name": "real-ce", "train": {"loss": "ce"}},
-                 {"name": "real-bsm", "train": {"loss": "balanced-softmax"}},
+                 {"name": "oversample", "train": {"loss": "ce", "mixing": "oversample"}},
                  {"name": "synth", "synthetic": "generated", "train": {"mixing": "combined", "epochs": 1}},
                  {"name": "synth-unfiltered", "synthetic": "generated", "use_filters": False,
                   "train": {"mixing": "combined", "epochs": 1}}],
@@ -130,8 +130,8 @@ def test_confidence_rejects_wrong_class_and_a_new_threshold_neither_regenerates_
     right = [r for i, r in d.items() if int(i[-1]) % 2 == 0]
     assert sum(not r["kept"] for r in wrong) >= 5 and sum(r["kept"] for r in right) >= 5
     assert all("p(" in r["filters"]["confidence"]["reason"] for r in wrong if not r["kept"])
-    # the scoring classifier is the real-bsm arm, trained on the long-tailed training split
-    assert (exp.dir / "train" / "real-bsm" / "seed0" / "model" / "classifier.json").is_file()
+    # the scoring classifier is the default's oversample arm, trained on the long-tailed training split
+    assert (exp.dir / "train" / "oversample" / "seed0" / "model" / "classifier.json").is_file()
 
     generated = (exp.dir / "synthetic" / "done.json").stat().st_mtime_ns
     scored = (exp.dir / "filter-scores" / "confidence" / "done.json").stat().st_mtime_ns

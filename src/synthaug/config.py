@@ -220,7 +220,7 @@ class ExperimentConfig(_Strict):
                 raise SettingError(
                     f"filters.{i}.classifier_arm {f.classifier_arm!r} must name a real-only arm (synthetic: none; "
                     f"trained on the training split only); such arms: {sorted(real_only)}. Add one, e.g. {{name: "
-                    "real-bsm, train: {loss: balanced-softmax, mixing: real-only}}.")
+                    "oversample, train: {loss: ce, mixing: oversample}}.")
 
     def arm_train(self, arm: ArmConfig, where: str = "train") -> TrainConfig:
         """The arm's training config: the top-level ``train`` section with the arm's overrides (fields the

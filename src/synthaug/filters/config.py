@@ -39,9 +39,10 @@ class ConfidenceFilterConfig(FilterConfig):
 
     decision_fields: ClassVar[frozenset[str]] = frozenset({"min_probability", "keep_top_percent"})
     name: Literal["confidence"] = "confidence"
-    # a real-only arm (synthetic: none) whose first-seed classifier scores the images; Balanced Softmax by
-    # default, since a cross-entropy classifier trained on long-tailed data is unsure of the tail classes
-    classifier_arm: str = "real-bsm"
+    # a real-only arm (synthetic: none) whose first-seed classifier scores the images; a class-balanced one
+    # (oversampling) by default, since a cross-entropy classifier trained on long-tailed data is unsure of the
+    # tail classes (and a Balanced-Softmax one rejected nearly all tail images in bench/downstream.py)
+    classifier_arm: str = "oversample"
     min_probability: float | None = Field(0.5, gt=0, le=1)  # τ: keep p(intended class) >= τ
     keep_top_percent: float | None = Field(None, gt=0, le=100)  # or: keep the top q % per class
 
