@@ -11,8 +11,8 @@ Arms: the non-generative baselines (cross-entropy, Balanced Softmax, oversamplin
 best augmentation preset for the data (``--augment``, ``digits`` = random affine for MNIST); real + synthetic,
 all with that augmentation, with cross-entropy (pooled), Balanced Softmax (pooled; prior: auto, the label mix
 the batches follow) and oversample-synthetic (every class drawn equally often, at least half of its draws real),
-each on the unfiltered set and on the filtered one (confidence filter from the augmented Balanced-Softmax arm +
-near-duplicate); and the oracle: the augmented cross-entropy classifier on the balanced real pool (the
+each on the unfiltered set and on the filtered one (confidence filter, p >= 0.5, from the augmented oversampling
+arm + near-duplicate); and the oracle: the augmented cross-entropy classifier on the balanced real pool (the
 ``evaluation.oracle`` study). Prints per arm overall / many / medium / few-shot
 top-1 and the share of the gap closed, (arm − best non-generative arm) / (oracle − best non-generative arm),
 for overall and few-shot accuracy (the best non-generative arm taken per column), then the synthetic label
@@ -63,7 +63,7 @@ def bench_overrides(augment: str, seeds_override: str, *, quick: bool = False) -
     # the quick budget's generator draws noise that a threshold rejects outright: keep the top half instead
     rule = "keep_top_percent: 50" if quick else "min_probability: 0.5"
     return [f"arms={arms(augment)}",
-            f"filters=[{{name: confidence, classifier_arm: real-bsm-{augment}, {rule}}}, "
+            f"filters=[{{name: confidence, classifier_arm: oversample-{augment}, {rule}}}, "
             "{name: near-duplicate}]",
             "plan.overgenerate=1.5",
             f"evaluation.baseline_arm=real-ce-{augment}", f"evaluation.seeds={seeds_override}",
@@ -104,6 +104,11 @@ def table(rows: list[dict], oracle: dict | None) -> str:
     return "\n".join(lines)
 
 
+def current(paths) -> list[Path]:
+    """``paths`` without the results a changed input set aside (``<stage>.stale-<hash>`` folders)."""
+    return sorted(p for p in paths if not any(".stale-" in part for part in p.parts))
+
+
 def details(run_dir: Path) -> list[str]:
     """The synthetic label check, the filters' counts and the memorisation figures, where they were made."""
     out = []
@@ -117,7 +122,7 @@ def details(run_dir: Path) -> list[str]:
         rows = read_json(summary)["classes"]
         out.append("filters per class (planned/kept/selected/target): " + ", ".join(
             f"{r['class']}: {r['planned']}/{r['kept']}/{r['selected']}/{r['target']}" for r in rows if r["planned"]))
-    for mem in sorted(run_dir.glob("evaluation/fidelity/*/memorisation.json")):
+    for mem in current(run_dir.glob("evaluation/fidelity/*/memorisation.json")):
         m = read_json(mem)
         out.append(f"memorisation ({m['extractor']}): near-copy share {100 * m['overall']['near_copy_share']:.1f}% of "
                    "the unfiltered set; per class " + ", ".join(
@@ -141,7 +146,7 @@ def main(argv=None) -> int:
     print(table(collect_rows(run_dir), oracle_row(run_dir, cfg.evaluation.seeds or cfg.seeds[:1])))
     print("\n".join(details(run_dir)))
     print("stage seconds:")
-    for record in sorted(run_dir.glob("**/done.json")):
+    for record in current(run_dir.glob("**/done.json")):
         print(f"  {record.parent.relative_to(run_dir)}: {read_json(record)['seconds']}")
     print(f"total wall-clock this invocation: {time.time() - start:.0f} s")
     return 0
