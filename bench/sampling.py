@@ -1,6 +1,6 @@
 """Sampling speed against label fidelity for a run's trained ``ddpm`` generator (issue 11, part 3).
 
-    .venv/bin/python bench/sampling.py runs/demo [--per-class 50] [--stock-per-class 10] [--compile]
+    .venv/bin/python bench/sampling.py runs/demo [--per-class 50] [--stock-per-class 10] [--compile] [--only TEXT]
 
 Needs a finished run folder with a ``ddpm`` generator and a judge (``make demo`` makes ``runs/demo``). Every
 variant samples the same items (the same per-item seeds) with the run's trained model and prints, side by
@@ -17,7 +17,9 @@ side in one process:
 Variants: the stock sampler, DDIM 10, DPM-Solver++ and UniPC at 4-25 steps (timesteps "trailing", the
 default), and for the run's sampler setting: "leading" timesteps (diffusers' DDPMScheduler default) at 8 and
 25 steps, without guidance batching, channels-last on and off, fp32 vs bf16 (bf16 only where the CPU runs it natively,
-see ``precision: auto``) and ``torch.compile`` (with ``--compile``; compiling takes minutes on 2 cores).
+see ``precision: auto``) and ``torch.compile`` (with ``--compile``; compiling takes minutes on 2 cores; its
+warm-up samples the timed batch shapes first, so compilation is not timed). ``--only TEXT`` (repeatable) runs
+the variants whose label contains TEXT, and the stock sampler.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stock-per-class", type=int, default=10,
                         help="images per class for the 1,000-step stock sampler (its first items)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run only the variants whose label contains TEXT (and the stock sampler)")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.run / "config.yaml")
@@ -107,10 +111,15 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     stock_rate = None
     for label, settings, stock in variants(base, native, args.compile):
+        if args.only and not stock and not any(text in label for text in args.only):
+            continue
         gen = create_generator("ddpm", {**base, **settings}, schema, workdir=exp.dir / "bench-sampling",
                                progress=False)
         todo = stock_items if stock else items
-        gen.sample(todo[:8])  # warm-up: loading, oneDNN kernels, compilation
+        # warm-up: loading, oneDNN kernels; compiled models see each timed batch shape once (a new shape recompiles)
+        shapes = {len(todo[i:i + batch]) for i in range(0, len(todo), batch)} if settings.get("enable_compile") else {8}
+        for n in sorted(shapes):
+            gen.sample(todo[:n])
         images, start = [], time.perf_counter()
         for i in range(0, len(todo), batch):
             images += [g.image for g in gen.sample(todo[i:i + batch])]
