@@ -293,3 +293,36 @@ def test_channels_last_auto_is_on_for_fp32_on_cpu_only(digits, trained):
     assert not create_generator("ddpm", {**TRAINED, "precision": "bf16"}, schema, workdir=trained).channels_last
     assert not create_generator("ddpm", {**TRAINED, "channels_last": False}, schema, workdir=trained).channels_last
     assert not create_generator("ddpm", TRAINED, schema, workdir=trained, device="cuda").channels_last
+
+
+def test_affine_augmentation_moves_digits_within_its_ranges_and_keeps_the_background():
+    from synthaug.generators.ddpm import apply_affine, random_affine
+
+    x = torch.full((1, 1, 16, 16), -1.0)
+    x[..., 6:10, 6:10] = 1.0  # a bright square on the digits' black background
+    g = torch.Generator().manual_seed(0)
+    identity = random_affine(1, g, degrees=0, translate=0, scale=(1, 1))
+    assert torch.allclose(apply_affine(x, identity), x, atol=1e-5)
+    shifted = torch.tensor([[[1.0, 0.0, -0.25], [0.0, 1.0, 0.0]]])  # content 2 pixels (1/8 of 16) right
+    assert torch.allclose(apply_affine(x, shifted)[..., 6:10, 8:12], torch.ones(1, 1, 4, 4), atol=1e-5)
+    thetas = random_affine(2000, torch.Generator().manual_seed(1))
+    zoom = 1 / thetas[:, 0, :2].norm(dim=1)  # rows of R / s: norm 1 / s
+    angle = torch.rad2deg(torch.atan2(thetas[:, 1, 0], thetas[:, 0, 0]))
+    assert 0.9 <= zoom.min() < 0.91 and 1.09 < zoom.max() <= 1.1
+    assert -10 <= angle.min() < -9.5 and 9.5 < angle.max() <= 10
+    assert thetas[:, :, 2].abs().max() <= 0.2 and thetas[:, :, 2].abs().max() > 0.19  # ±10 % of the side
+    warped = apply_affine(x.expand(8, -1, -1, -1), thetas[:8])
+    assert (warped[..., 0, 0] == -1).all()  # corners stay background: the border repeats, no grey fill
+
+
+def test_affine_augmentation_is_a_training_setting(digits, tmp_path):
+    from diffusers import UNet2DModel
+
+    cfg = {**TINY, "train_steps": 2}
+    for name, augment in (("plain", "none"), ("affine", "affine")):
+        create_generator("ddpm", {**cfg, "augment": augment}, digits.schema, workdir=tmp_path / name).fit(digits)
+    a = UNet2DModel.from_pretrained(tmp_path / "plain" / "model" / "unet").state_dict()
+    b = UNet2DModel.from_pretrained(tmp_path / "affine" / "model" / "unet").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # trained on other inputs
+    reuse = create_generator("ddpm", {**cfg, "augment": "affine"}, digits.schema, workdir=tmp_path / "plain")
+    assert not reuse.is_fitted()  # the plain model is not taken for an augmented one

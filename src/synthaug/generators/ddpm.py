@@ -60,8 +60,11 @@ class _DDPMBatches:
         noise = torch.randn((n, *self.data.shape[1:]), generator=g)
         t = torch.randint(0, c.num_train_timesteps, (n,), generator=g)
         drop = torch.rand(n, generator=g) < c.label_dropout if c.conditional else None
+        warp = random_affine(n, g) if c.augment == "affine" else None  # drawn last: "none" draws as before
         idx, noise, t = share.take(idx).to(device), share.take(noise).to(device), share.take(t).to(device)
         x0, y = self.data[idx], self.labels[idx]
+        if warp is not None:
+            x0 = apply_affine(x0, share.take(warp).to(device))
         if drop is not None:  # 2. classifier-free guidance: drop labels to the null class
             y = torch.where(share.take(drop).to(device), torch.full_like(y, self.num_classes), y)
         xt = self.noise_scheduler.add_noise(x0, noise, t)  # 3. forward process q(x_t | x_0)
@@ -70,6 +73,26 @@ class _DDPMBatches:
         if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
             target = self.noise_scheduler.get_velocity(x0, noise, t)
         return share.weight(F.mse_loss(pred.float(), target), n)  # 4. the denoising objective
+
+
+def random_affine(n: int, g: torch.Generator, *, degrees: float = 10.0, translate: float = 0.1,
+                  scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """``n`` random affine maps as ``affine_grid`` matrices (n, 2, 3) in normalised coordinates: rotation in
+    ±``degrees``, shift in ±``translate`` of the image side, zoom in ``scale`` (torchvision's RandomAffine
+    ranges), drawn from ``g``."""
+    u = torch.rand((n, 4), generator=g)
+    angle = torch.deg2rad((2 * u[:, 0] - 1) * degrees)
+    zoom = scale[0] + (scale[1] - scale[0]) * u[:, 1]
+    shift = (2 * u[:, 2:] - 1) * translate * 2  # a fraction of the side; normalised coordinates span 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def apply_affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warps images ``x`` (n, c, h, w) by ``theta`` (bilinear; pixels from outside repeat the border, which is
+    the background for digits)."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def image_weights(labels: torch.Tensor, num_classes: int, class_balanced: bool) -> torch.Tensor:
