@@ -326,3 +326,11 @@ def test_affine_augmentation_is_a_training_setting(digits, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # trained on other inputs
     reuse = create_generator("ddpm", {**cfg, "augment": "affine"}, digits.schema, workdir=tmp_path / "plain")
     assert not reuse.is_fitted()  # the plain model is not taken for an augmented one
+
+
+def test_a_model_trained_before_the_augment_field_is_still_fitted():
+    """Models and stage records written before ``augment`` existed match ``augment: none``, the old training."""
+    from synthaug.generators.configs import DDPMConfig
+
+    part = DDPMConfig(**TINY).training_part()
+    assert "augment" not in part and DDPMConfig(**TINY, augment="affine").training_part()["augment"] == "affine"

@@ -48,11 +48,15 @@ class GeneratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     sampling_fields: ClassVar[frozenset[str]] = frozenset()
     performance_fields: ClassVar[frozenset[str]] = frozenset()
+    # training fields added after models were recorded, with the value that trains as before the field existed:
+    # at that value the field is left out of training_part, so earlier models and stage records still match
+    added_fields: ClassVar[dict[str, Any]] = {}
 
     def training_part(self) -> dict[str, Any]:
         """The fields that make the model (what the generator stage's record protects)."""
         skip = self.sampling_fields | self.performance_fields
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k not in skip and not (k in self.added_fields and v == self.added_fields[k])}
 
     def sampling_part(self) -> dict[str, Any]:
         """The fields that change the images drawn from a given model (what the synthetic set protects)."""
@@ -64,6 +68,7 @@ class DDPMConfig(GeneratorConfig):
                                                             "guidance_scale"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
                                                               "enable_compile"})
+    added_fields: ClassVar[dict[str, Any]] = {"augment": "none"}
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
