@@ -90,7 +90,8 @@ class DDPMConfig(GeneratorConfig):
     # (10-15 % for the two rarest classes) with uniform batches (BENCHMARKS.md "Class-balanced batches")
     class_balanced: bool = True
     # "affine": each training image randomly rotated (±10°), shifted (±10 %) and scaled (0.9-1.1), as the
-    # classifier's `digits` preset, no flips — more variety for a class of a handful of images; "none": as loaded
+    # classifier's `digits` preset, no flips; "none": as loaded. On the demo's 300-step budget affine made
+    # samples less faithful and no more useful (BENCHMARKS.md "Downstream benchmark"): for longer trainings
     augment: Literal["none", "affine"] = "none"
     ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
     # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32
