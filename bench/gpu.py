@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -144,8 +145,6 @@ def row(batch: int, label: str, rate: float, base: float, peak: float | None) ->
 
 def ddpm_rows(model: Path, args, device: torch.device) -> None:
     """The demo generator (a trained ``ddpm`` model folder) sampling on ``device``."""
-    import json
-
     from synthaug.data.schema import LabelSchema
     from synthaug.generators import create_generator
     from synthaug.plan import PlanItem

@@ -91,7 +91,7 @@ class DDPMConfig(GeneratorConfig):
     class_balanced: bool = True
     # "affine": each training image randomly rotated (±10°), shifted (±10 %) and scaled (0.9-1.1), as the
     # classifier's `digits` preset, no flips; "none": as loaded. On the demo's 300-step budget affine made
-    # samples less faithful and no more useful (BENCHMARKS.md "Downstream benchmark"): for longer trainings
+    # samples less faithful and no more useful (BENCHMARKS.md "Downstream benchmark"); longer trainings untested
     augment: Literal["none", "affine"] = "none"
     ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
     # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32

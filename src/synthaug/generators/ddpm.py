@@ -79,7 +79,8 @@ def random_affine(n: int, g: torch.Generator, *, degrees: float = 10.0, translat
                   scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
     """``n`` random affine maps as ``affine_grid`` matrices (n, 2, 3) in normalised coordinates: rotation in
     ±``degrees``, shift in ±``translate`` of the image side, zoom in ``scale`` (torchvision's RandomAffine
-    ranges), drawn from ``g``."""
+    ranges), drawn from ``g`` — per image and from the step's generator, so a batch split over processes or
+    resumed from a checkpoint warps as one process would (torchvision's transform draws from the global RNG)."""
     u = torch.rand((n, 4), generator=g)
     angle = torch.deg2rad((2 * u[:, 0] - 1) * degrees)
     zoom = scale[0] + (scale[1] - scale[0]) * u[:, 1]
