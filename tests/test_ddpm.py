@@ -334,3 +334,69 @@ def test_a_model_trained_before_the_augment_field_is_still_fitted():
 
     part = DDPMConfig(**TINY).training_part()
     assert "augment" not in part and DDPMConfig(**TINY, augment="affine").training_part()["augment"] == "affine"
+
+
+def _translator(digits, trained, **params):
+    g = create_generator("ddpm", {**TRAINED, "translate_from": "other-classes", **params}, digits.schema,
+                         workdir=trained)
+    g.use_real(digits)
+    return g
+
+
+def test_translation_starts_each_item_from_a_real_image_of_another_class(digits, trained):
+    g = _translator(digits, trained)
+    items = make_items(digits.schema, [2] * 10, seed=0) + unconditional_items(2, seed=0)
+    made = g.sample(items)
+    by_id = {id_: int(label) for id_, label in zip(digits.ids, digits.labels[:, 0])}
+    for item, out in zip(items, made):
+        (source,) = out.meta["source_ids"]
+        assert item.labels is None or by_id[source] != item.labels[0]  # unlabelled items: any class
+    assert len({out.meta["source_ids"][0] for out in made}) > len(items) // 2  # drawn per item, not one for all
+    # the pick comes from the item's seed: the same image whatever the batch, and again from its manifest line
+    apart = g.sample(items[:3]) + g.sample(items[3:])
+    assert all((np.asarray(a.image) == np.asarray(b.image)).all() for a, b in zip(made, apart))
+    record = {"item_id": items[4].item_id, "label_ids": list(items[4].labels), "seed": items[4].seed,
+              "source_ids": made[4].meta["source_ids"]}
+    again = g.sample([g.item_from_record(record)])[0]
+    assert (np.asarray(again.image) == np.asarray(made[4].image)).all()
+    own = _translator(digits, trained, translate_from="own-class").sample(items[:10])
+    assert all(by_id[o.meta["source_ids"][0]] == it.labels[0] for it, o in zip(items, own))
+
+
+def test_translation_strength_decides_how_much_of_the_source_survives(digits, trained):
+    """A low strength runs the last few steps from a lightly noised source: the image stays near it; strength 1
+    starts from (almost) pure noise and keeps nothing of it."""
+    items = make_items(digits.schema, [3] * 10, seed=1)
+    index = {id_: i for i, id_ in enumerate(digits.ids)}
+
+    def distance_to_source(strength):
+        made = _translator(digits, trained, strength=strength, sampling_steps=10).sample(items)
+        src = np.stack([np.asarray(digits.image(index[o.meta["source_ids"][0]]), float) for o in made])
+        return np.abs(np.stack([np.asarray(o.image, float) for o in made]) - src).mean()
+
+    assert distance_to_source(0.1) < 0.5 * distance_to_source(1.0)
+
+
+def test_translation_without_real_images_or_steps_is_a_clear_error(digits, trained):
+    from synthaug.errors import SettingError
+
+    items = make_items(digits.schema, [1] * 10, seed=0)[:2]
+    g = create_generator("ddpm", {**TRAINED, "translate_from": "other-classes"}, digits.schema, workdir=trained)
+    with pytest.raises(SettingError, match="translate_from='other-classes'.*use_real"):
+        g.sample(items)
+    with pytest.raises(SettingError, match=r"strength=0.2 runs int\(3 x 0.2\) = 0 of the 3 sampling steps"):
+        _translator(digits, trained, strength=0.2).sample(items)
+    ones = digits.subset(np.flatnonzero(digits.labels[:, 0] == 1))
+    g.use_real(ones)
+    with pytest.raises(SettingError, match="every real image given is of that class"):
+        g.sample(items[1:2])  # class 1, and only 1s to translate from
+
+
+def test_translation_settings_are_sampling_settings_left_out_at_none():
+    """Sets drawn from noise keep their fingerprint (no translate_from, no strength); a translated set names both."""
+    from synthaug.generators.configs import DDPMConfig
+
+    assert not {"translate_from", "strength"} & DDPMConfig(**TINY, strength=0.5).sampling_part().keys()
+    part = DDPMConfig(**TINY, translate_from="other-classes").sampling_part()
+    assert part["translate_from"] == "other-classes" and part["strength"] == 0.8
+    assert "translate_from" not in DDPMConfig(**TINY, translate_from="own-class").training_part()

@@ -320,9 +320,11 @@ class Experiment:
 
     @cached_property
     def generator(self) -> Generator:
-        return create_generator(self.cfg.generator.name, self.generator_config, self.splits.schema,
-                                device=self.device, workdir=self.dir / "generator", seed=self.cfg.seed,
-                                progress=self.cfg.progress)
+        generator = create_generator(self.cfg.generator.name, self.generator_config, self.splits.schema,
+                                     device=self.device, workdir=self.dir / "generator", seed=self.cfg.seed,
+                                     progress=self.cfg.progress)
+        generator.use_real(self.splits.train)  # sampling may start from real images (ddpm's translate_from)
+        return generator
 
     def fit_generator(self) -> Generator:
         """Stage ``generator``: trains / fine-tunes the generator (resumes from its checkpoints), then checks
@@ -492,6 +494,7 @@ class Experiment:
                                      "base_workdir": str(self.dir / "generator")},
                     self.splits.schema, device=self.device, workdir=self.dir / "pseudo", seed=self.cfg.seed,
                     progress=self.cfg.progress)
+                labeller.use_real(self.splits.train)
                 items = unconditional_items(count, seed=self.cfg.seed)
                 made = fill_store(labeller, items, store, batch_size=self.cfg.plan.batch_size,
                                   progress=self.cfg.progress)

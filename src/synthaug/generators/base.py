@@ -71,8 +71,15 @@ class Generator:
         self.seed = seed  # seeds training randomness; sampling uses each item's own seed
         self.progress = progress  # show progress bars (training, captioning)
 
+    real: LabeledImages | None = None  # the real training images, for generators that sample from them
+
     def fit(self, real: LabeledImages) -> None:
         """Trains or fine-tunes on the real training images; resumes from ``workdir`` when interrupted."""
+
+    def use_real(self, real: LabeledImages) -> None:
+        """Hands over the real training images for sampling (e.g. ``ddpm``'s ``translate_from``) to a generator
+        whose ``fit`` did not run in this process (fitted earlier, or on another rank); the experiment does."""
+        self.real = real
 
     def is_fitted(self) -> bool:
         return True

@@ -48,8 +48,9 @@ class GeneratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     sampling_fields: ClassVar[frozenset[str]] = frozenset()
     performance_fields: ClassVar[frozenset[str]] = frozenset()
-    # training fields added after models were recorded, with the value that trains as before the field existed:
-    # at that value the field is left out of training_part, so earlier models and stage records still match
+    # training or sampling fields added after models and sets were recorded, with the value that behaves as
+    # before the field existed: at that value the field is left out of training_part / sampling_part, so earlier
+    # models, synthetic sets and stage records still match
     added_fields: ClassVar[dict[str, Any]] = {}
 
     def training_part(self) -> dict[str, Any]:
@@ -60,15 +61,16 @@ class GeneratorConfig(BaseModel):
 
     def sampling_part(self) -> dict[str, Any]:
         """The fields that change the images drawn from a given model (what the synthetic set protects)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k in self.sampling_fields}
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k in self.sampling_fields and not (k in self.added_fields and v == self.added_fields[k])}
 
 
 class DDPMConfig(GeneratorConfig):
     sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "timestep_spacing",
-                                                            "guidance_scale"})
+                                                            "guidance_scale", "translate_from", "strength"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
                                                               "enable_compile"})
-    added_fields: ClassVar[dict[str, Any]] = {"augment": "none"}
+    added_fields: ClassVar[dict[str, Any]] = {"augment": "none", "translate_from": "none"}
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
@@ -113,11 +115,26 @@ class DDPMConfig(GeneratorConfig):
     # Lin et al. (2024), "Common diffusion noise schedules and sample steps are flawed", Table 2.
     timestep_spacing: Literal["trailing", "linspace", "leading"] = "trailing"
     guidance_scale: float = Field(2.0, ge=0)  # 1 = plain conditional; 0 = unconditional
+    # start from a real training image instead of pure noise (SDEdit, Meng et al., 2022): noise it to `strength`
+    # of the sampling path and denoise it as the item's class. "other-classes": a random image of another class,
+    # Diff-Mix's inter-class translation (Wang et al., 2024), which lends a rare class the poses, slants and
+    # strokes of the common ones; "own-class": one of the item's class (intra-class variation); "none": noise.
+    # Unlabelled items (pseudo-label control) start from an image of any class. Pair it with a confidence filter:
+    # part of the translations keep their source's class (BENCHMARKS.md "Inter-class translation")
+    translate_from: Literal["none", "other-classes", "own-class"] = "none"
+    # the share of the sampling steps run from the noised source: 1 = from pure noise, smaller keeps more of it
+    strength: float = Field(0.8, gt=0, le=1)
     guidance_batching: bool = True  # one UNet pass on [x, x] for the labelled and null predictions, not two
     # channels-last memory format for sampling; auto: on for fp32 on a CPU, where it measured faster
     channels_last: bool | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet for sampling (first batch slow while it compiles)
     checkpoint: str | None = None  # a trained model folder to sample from instead of training
+
+    def sampling_part(self) -> dict[str, Any]:
+        part = super().sampling_part()
+        if self.translate_from == "none":  # strength applies to translations only
+            part.pop("strength", None)
+        return part
 
 
 class SDText2ImgConfig(GeneratorConfig):

@@ -10,6 +10,10 @@ probability ``label_dropout`` so one network learns p(x|y) and p(x); sampling mi
 step), so a resumed run continues exactly where it stopped and N processes (each training its rows of that
 batch) train what one does; sampling noise comes from one CPU generator per item, so an item gives the same
 image on CPU and CUDA, whatever the batch.
+
+With ``translate_from`` an image starts from a real training image instead of pure noise (SDEdit, Meng et al.,
+2022): of another class, Diff-Mix's inter-class translation (Wang et al., CVPR 2024), or of its own. The source is
+picked from the item's seed and named in the manifest's ``source_ids``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel, UniPCMultistepScheduler
@@ -33,6 +38,7 @@ from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_m
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
 )
+from synthaug.generators.real_images import class_pools, pick_sources
 from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
 from synthaug.plan import PlanItem
@@ -103,6 +109,23 @@ def image_weights(labels: torch.Tensor, num_classes: int, class_balanced: bool) 
     if not class_balanced:
         return torch.ones(len(labels))
     return 1.0 / torch.bincount(labels, minlength=num_classes).float()[labels]
+
+
+def translation_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+    """The last ``strength`` share of the scheduler's ``steps`` sampling timesteps (diffusers' img2img rule:
+    ``int(steps * strength)`` of them), and the scheduler set to begin there.
+
+    Raises:
+        SettingError: when that is no step at all.
+    """
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise SettingError(f"generator.params.strength={strength} runs int({steps} x {strength}) = 0 of the "
+                           f"{steps} sampling steps; raise strength to at least {1 / steps:.3g} or sampling_steps.")
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
 
 
 def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -196,6 +219,7 @@ class DDPMGenerator(Generator):
         nothing when that model was trained with the same settings. Under ``accelerate launch`` every process
         calls it and trains its share of each batch (see :mod:`~synthaug.generators.diffusion_training`)."""
         c = self.config
+        self.use_real(real)
         if c.checkpoint:
             self._check_checkpoint()
             return
@@ -260,6 +284,7 @@ class DDPMGenerator(Generator):
     # ---------------------------------------------------------------------------------------------- sampling
     _unet: UNet2DModel | None = None
     _denoiser: torch.nn.Module | None = None  # the UNet, or its torch.compile wrapper
+    _pools: tuple[LabeledImages, dict] | None = None  # (real images, their class pools) for translate_from
 
     def _load(self) -> UNet2DModel:
         if self._unet is None:
@@ -329,18 +354,44 @@ class DDPMGenerator(Generator):
         gens = item_generators(items)
         size, ch = unet.config.sample_size, unet.config.in_channels
         x = randn_tensor((len(items), ch, size, size), generator=gens, device=self.device)
-        x = x * scheduler.init_noise_sigma
+        timesteps, metas = scheduler.timesteps, [{} for _ in items]
+        if c.translate_from == "none":
+            x = x * scheduler.init_noise_sigma
+        else:  # 1b. SDEdit: the source image noised to the first of the last `strength` share of the steps
+            sources, metas = self._sources(items, size)
+            timesteps = translation_timesteps(scheduler, c.sampling_steps, c.strength)
+            x = scheduler.add_noise(sources.to(self.device), x, timesteps[:1].repeat(len(items)))
         y = torch.tensor([null if it.labels is None else it.labels[0] for it in items], device=self.device)
         noise_kw = {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in scheduler.timesteps:
+        for t in timesteps:
             # 2. classifier-free guidance: ε = ε_∅ + w (ε_y − ε_∅)
             eps = self.predict_noise(scheduler.scale_model_input(x, t), t, y, c.guidance_scale)
             x = scheduler.step(eps, t, x, **noise_kw).prev_sample  # 3. stochastic samplers draw from gens
-        return [Generated(image) for image in to_pil((x + 1) / 2)]
+        return [Generated(image, meta) for image, meta in zip(to_pil((x + 1) / 2), metas)]
+
+    def _sources(self, items: Sequence[PlanItem], size: int) -> tuple[torch.Tensor, list[dict]]:
+        """The real image each item is translated from (``translate_from``), in [-1, 1] at the model's size, and
+        the manifest field naming it. The pick comes from the item's seed (or its recorded ``source_ids``)."""
+        c = self.config
+        if self.real is None or not len(self.real):
+            raise SettingError(f"generator.params.translate_from={c.translate_from!r} starts every image from a "
+                               "real training image, but this ddpm generator was given none: run it through "
+                               "`synthaug run`/`generate` (they pass the training split), or call "
+                               "generator.use_real(images) first; or set translate_from: none.")
+        if self._pools is None or self._pools[0] is not self.real:
+            self._pools = (self.real, class_pools(self.real))
+        pools, picked = self._pools[1], []
+        for it in items:
+            rng = np.random.default_rng(derive_seed(it.seed, "ddpm-source"))
+            picked += pick_sources(it, self.real, pools, 1, rng, any_class=True,
+                                   other_classes=c.translate_from == "other-classes")
+        sources = load_tensor(self.real.subset(picked), size=size) * 2 - 1
+        return sources, [{"source_ids": [self.real.ids[i]]} for i in picked]
 
     def sampling_params(self, record: dict) -> dict:
-        # lines written before `timestep_spacing` existed were sampled with the scheduler's "leading" default
-        return {"timestep_spacing": "leading", **super().sampling_params(record)}
+        # lines written before `timestep_spacing` existed were sampled with the scheduler's "leading" default;
+        # lines from noise do not name translate_from (left out of the manifest at "none")
+        return {"timestep_spacing": "leading", "translate_from": "none", **super().sampling_params(record)}
 
     def provenance(self) -> dict:
         c = self.config

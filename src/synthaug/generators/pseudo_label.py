@@ -54,6 +54,10 @@ class PseudoLabelGenerator(Generator):
     def is_fitted(self) -> bool:
         return self.base.is_fitted()
 
+    def use_real(self, real) -> None:
+        super().use_real(real)
+        self.base.use_real(real)
+
     def _load_classifier(self):
         if self._classifier is None:
             self._classifier = load_classifier(self.config.classifier, self.device)

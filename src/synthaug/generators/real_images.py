@@ -1,5 +1,6 @@
 """Real-image conditioning shared by the generators that condition on real training images (``mvc``,
-``unclip-augcond``): a record of the images in the generator's workdir, per-class pools, source picking."""
+``unclip-augcond``, ``ddpm`` with ``translate_from``): a record of the images in the generator's workdir,
+per-class pools, source picking."""
 
 from __future__ import annotations
 
@@ -70,9 +71,10 @@ def class_pools(real: LabeledImages) -> dict[tuple[int, ...], np.ndarray]:
 
 def pick_sources(
     item: PlanItem, real: LabeledImages, pools: dict[tuple[int, ...], np.ndarray], count: int,
-    rng: np.random.Generator, *, any_class: bool = False,
+    rng: np.random.Generator, *, any_class: bool = False, other_classes: bool = False,
 ) -> list[int]:
-    """``count`` real images of the item's class: the item's own ``source_ids`` first, the rest at random.
+    """``count`` real images of the item's class (or, with ``other_classes``, of any other class): the item's own
+    ``source_ids`` first, the rest at random.
 
     The random draw is made whether or not the item names its sources, so the draws after it (mixing
     weights, boxes, ...) do not depend on it: an item re-made from its manifest line (which names every
@@ -91,6 +93,12 @@ def pick_sources(
     elif item.labels is None:
         raise SettingError(f"Item {item.item_id!r} has no labels; this generator conditions on real images of "
                            "the item's class, so every plan item needs labels.")
+    elif other_classes:
+        pool = np.flatnonzero((real.labels != np.asarray(item.labels)).any(axis=1))
+        what = f"a class other than {real.schema.names(item.labels)}"
+        if not len(pool):
+            raise SettingError(f"Item {item.item_id!r} asks for a source image of a class other than its own "
+                               f"({real.schema.names(item.labels)}), but every real image given is of that class.")
     else:
         pool = pools.get(tuple(item.labels))
         if pool is None:
