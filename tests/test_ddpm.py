@@ -400,3 +400,40 @@ def test_translation_settings_are_sampling_settings_left_out_at_none():
     part = DDPMConfig(**TINY, translate_from="other-classes").sampling_part()
     assert part["translate_from"] == "other-classes" and part["strength"] == 0.8
     assert "translate_from" not in DDPMConfig(**TINY, translate_from="own-class").training_part()
+
+
+def test_class_balancing_regulariser_pulls_each_side_towards_the_other_weighted_by_noise_level():
+    """CBDM: τ t/T ‖ε_y − sg(ε_y')‖² + ¼ τ t/T ‖sg(ε_y) − ε_y'‖², mean over elements, null-label rows left out."""
+    from synthaug.generators.ddpm import class_balancing_loss
+
+    pred = torch.randn(4, 1, 2, 2, requires_grad=True)
+    other = torch.randn(4, 1, 2, 2, requires_grad=True)
+    t = torch.tensor([0, 500, 1000, 1000])
+    labelled = torch.tensor([True, True, True, False])
+    loss = class_balancing_loss(pred, other, t, labelled=labelled, tau=2.0, num_train_timesteps=1000)
+    loss.backward()
+    w = torch.tensor([0.0, 1.0, 2.0, 0.0]).view(-1, 1, 1, 1)  # τ t / T, and 0 for the null-label row
+    diff = (pred - other).detach()
+    assert torch.allclose(loss, (w * diff ** 2).mean() * 1.25)
+    assert torch.allclose(pred.grad, 2 * w * diff / diff.numel())  # the pull moves the own-class prediction
+    assert torch.allclose(other.grad, 0.25 * 2 * w * -diff / diff.numel())  # the commitment, a quarter as hard
+    same = class_balancing_loss(pred, pred, t, labelled=labelled, tau=2.0, num_train_timesteps=1000)
+    assert same.item() == 0
+
+
+def test_class_balancing_is_a_training_setting_left_out_at_zero(digits, tmp_path):
+    from diffusers import UNet2DModel
+    from synthaug.errors import SettingError
+    from synthaug.generators.configs import DDPMConfig
+
+    assert "cbdm_tau" not in DDPMConfig(**TINY).training_part()
+    cfg = {**TINY, "train_steps": 2}
+    for name, tau in (("plain", 0.0), ("cbdm", 1.0)):
+        create_generator("ddpm", {**cfg, "cbdm_tau": tau}, digits.schema, workdir=tmp_path / name).fit(digits)
+    a = UNet2DModel.from_pretrained(tmp_path / "plain" / "model" / "unet").state_dict()
+    b = UNet2DModel.from_pretrained(tmp_path / "cbdm" / "model" / "unet").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert not create_generator("ddpm", {**cfg, "cbdm_tau": 1.0}, digits.schema, workdir=tmp_path / "plain").is_fitted()
+    with pytest.raises(SettingError, match="cbdm_tau=1.0 regularises class-conditional"):
+        create_generator("ddpm", {**cfg, "cbdm_tau": 1.0, "conditional": False}, digits.schema,
+                         workdir=tmp_path / "uncond").fit(digits)

@@ -70,7 +70,7 @@ class DDPMConfig(GeneratorConfig):
                                                             "guidance_scale", "translate_from", "strength"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
                                                               "enable_compile"})
-    added_fields: ClassVar[dict[str, Any]] = {"augment": "none", "translate_from": "none"}
+    added_fields: ClassVar[dict[str, Any]] = {"augment": "none", "translate_from": "none", "cbdm_tau": 0.0}
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
@@ -95,6 +95,10 @@ class DDPMConfig(GeneratorConfig):
     # classifier's `digits` preset, no flips; "none": as loaded. On the demo's 300-step budget affine made
     # samples less faithful and no more useful (BENCHMARKS.md "Downstream benchmark"); longer trainings untested
     augment: Literal["none", "affine"] = "none"
+    # CBDM (Qin et al., 2023): weight τ of a regulariser pulling each image's prediction for its class towards the
+    # prediction for a uniformly drawn class on the same noisy input (weighted t / T), so rare classes borrow the
+    # common ones' variety; 0 = off. Costs a second UNet pass per training image (BENCHMARKS.md "CBDM")
+    cbdm_tau: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
     # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -66,7 +66,8 @@ class _DDPMBatches:
         noise = torch.randn((n, *self.data.shape[1:]), generator=g)
         t = torch.randint(0, c.num_train_timesteps, (n,), generator=g)
         drop = torch.rand(n, generator=g) < c.label_dropout if c.conditional else None
-        warp = random_affine(n, g) if c.augment == "affine" else None  # drawn last: "none" draws as before
+        warp = random_affine(n, g) if c.augment == "affine" else None  # drawn after the old draws: they stay
+        other = torch.randint(0, self.num_classes, (n,), generator=g) if c.cbdm_tau > 0 else None
         idx, noise, t = share.take(idx).to(device), share.take(noise).to(device), share.take(t).to(device)
         x0, y = self.data[idx], self.labels[idx]
         if warp is not None:
@@ -74,11 +75,34 @@ class _DDPMBatches:
         if drop is not None:  # 2. classifier-free guidance: drop labels to the null class
             y = torch.where(share.take(drop).to(device), torch.full_like(y, self.num_classes), y)
         xt = self.noise_scheduler.add_noise(x0, noise, t)  # 3. forward process q(x_t | x_0)
-        pred = unet(xt, t, class_labels=y if c.conditional else None).sample
+        if other is None:
+            pred = unet(xt, t, class_labels=y if c.conditional else None).sample.float()
+        else:  # the same noisy images under a uniformly drawn class too, in one pass
+            other = share.take(other).to(device)
+            pred, pred_other = unet(torch.cat([xt, xt]), torch.cat([t, t]),
+                                    class_labels=torch.cat([y, other])).sample.float().chunk(2)
         target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
         if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
             target = self.noise_scheduler.get_velocity(x0, noise, t)
-        return share.weight(F.mse_loss(pred.float(), target), n)  # 4. the denoising objective
+        loss = F.mse_loss(pred, target)  # 4. the denoising objective
+        if other is not None:  # 5. CBDM's class-balancing regulariser
+            loss = loss + class_balancing_loss(pred, pred_other, t, labelled=y != self.num_classes,
+                                               tau=c.cbdm_tau, num_train_timesteps=c.num_train_timesteps)
+        return share.weight(loss, n)
+
+
+def class_balancing_loss(pred: torch.Tensor, pred_other: torch.Tensor, t: torch.Tensor, *, labelled: torch.Tensor,
+                         tau: float, num_train_timesteps: int, commitment: float = 0.25) -> torch.Tensor:
+    """CBDM's regulariser (Qin et al., CVPR 2023, "Class-Balancing Diffusion Models"): the prediction for an
+    image's own class is pulled towards the prediction for a uniformly drawn class y' on the same noisy input, and
+    (with ``commitment``) that one towards it, each with the other side held fixed, weighted τ t / T — strongest at
+    high noise, where the classes share their coarse layout. A rare class, trained on few images, borrows the
+    variety the common classes give the shared layers; the balanced y' aims the model at a uniform label prior.
+    Rows whose label was dropped to the null class (``labelled`` False) take no part."""
+    w = (tau * t.float() / num_train_timesteps * labelled.float()).view(-1, *[1] * (pred.dim() - 1))
+    pull = (w * (pred - pred_other.detach()) ** 2).mean()
+    commit = (w * (pred.detach() - pred_other) ** 2).mean()
+    return pull + commitment * commit
 
 
 def random_affine(n: int, g: torch.Generator, *, degrees: float = 10.0, translate: float = 0.1,
@@ -228,6 +252,9 @@ class DDPMGenerator(Generator):
         if not self.schema.is_single_label:
             raise SettingError("The ddpm generator conditions on one label group; this schema has "
                              f"{len(self.schema.groups)}.")
+        if c.cbdm_tau > 0 and not c.conditional:
+            raise SettingError(f"generator.params.cbdm_tau={c.cbdm_tau} regularises class-conditional predictions, "
+                               "but generator.params.conditional is false; set cbdm_tau: 0 or conditional: true.")
         accelerator = make_accelerator(self.precision, self.device, field="generator.params.precision")
         BatchShare(0, accelerator.num_processes).check(c.batch_size, "generator.params.batch_size")
         data = load_tensor(real, size=c.image_size, progress=False) * 2 - 1
