@@ -417,8 +417,9 @@ class DDPMGenerator(Generator):
 
     def sampling_params(self, record: dict) -> dict:
         # lines written before `timestep_spacing` existed were sampled with the scheduler's "leading" default;
-        # lines from noise do not name translate_from (left out of the manifest at "none")
-        return {"timestep_spacing": "leading", "translate_from": "none", **super().sampling_params(record)}
+        # lines from noise name neither translate_from (left out at "none") nor strength (which then does nothing)
+        return {"timestep_spacing": "leading", "translate_from": "none", "strength": self.config.strength,
+                **super().sampling_params(record)}
 
     def provenance(self) -> dict:
         c = self.config
