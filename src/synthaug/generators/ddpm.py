@@ -311,7 +311,11 @@ class DDPMGenerator(Generator):
     # ---------------------------------------------------------------------------------------------- sampling
     _unet: UNet2DModel | None = None
     _denoiser: torch.nn.Module | None = None  # the UNet, or its torch.compile wrapper
-    _pools: tuple[LabeledImages, dict] | None = None  # (real images, their class pools) for translate_from
+    _pools: dict | None = None  # the class pools of `real`, for translate_from
+
+    def use_real(self, real: LabeledImages) -> None:
+        super().use_real(real)
+        self._pools = None
 
     def _load(self) -> UNet2DModel:
         if self._unet is None:
@@ -405,12 +409,12 @@ class DDPMGenerator(Generator):
                                "real training image, but this ddpm generator was given none: run it through "
                                "`synthaug run`/`generate` (they pass the training split), or call "
                                "generator.use_real(images) first; or set translate_from: none.")
-        if self._pools is None or self._pools[0] is not self.real:
-            self._pools = (self.real, class_pools(self.real))
-        pools, picked = self._pools[1], []
+        if self._pools is None:
+            self._pools = class_pools(self.real)
+        picked = []
         for it in items:
             rng = np.random.default_rng(derive_seed(it.seed, "ddpm-source"))
-            picked += pick_sources(it, self.real, pools, 1, rng, any_class=True,
+            picked += pick_sources(it, self.real, self._pools, 1, rng, any_class=True,
                                    other_classes=c.translate_from == "other-classes")
         sources = load_tensor(self.real.subset(picked), size=size) * 2 - 1
         return sources, [{"source_ids": [self.real.ids[i]]} for i in picked]
