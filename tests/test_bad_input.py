@@ -487,3 +487,47 @@ def test_truncated_classifier_resume_checkpoint_is_named(tmp_path):
     _pickle_bomb(tmp_path / "ckpt" / "trainer.pt")
     with pytest.raises(CheckpointError, match=r"UnpicklingError"):
         checkpoint.load(tmp_path / "ckpt", torch.nn.Linear(2, 2))
+
+
+@pytest.fixture(scope="module")
+def saved_classifier(tmp_path_factory):
+    from synthaug.train import create_classifier
+    from synthaug.train.config import ModelConfig
+    from synthaug.train.models import save_classifier
+
+    schema = load_source("digits").train.schema
+    folder = tmp_path_factory.mktemp("classifier") / "model"
+    model = create_classifier(ModelConfig(name="small-cnn"), schema, 1)
+    save_classifier(model, ModelConfig(name="small-cnn"), schema, 1, 8, folder)
+    return folder
+
+
+def _fewer_classes(folder):
+    import json
+
+    meta = json.loads((folder / "classifier.json").read_text())
+    meta["schema"] = {"digit": meta["schema"]["digit"][:5]}  # weights for 10 classes, a model for 5
+    (folder / "classifier.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("break_it, error, message", [
+    (lambda f: (f / "model.safetensors").unlink(), "MissingFileError", r"missing model\.safetensors"),
+    (lambda f: _truncate(f / "model.safetensors"), "CheckpointError",
+     r"model\.safetensors: cannot be read as a checkpoint \(SafetensorError"),
+    (lambda f: _pickle_bomb(f / "model.safetensors"), "CheckpointError", r"model\.safetensors: cannot be read"),
+    (lambda f: (f / "classifier.json").write_text('{"model": '), "CheckpointError",
+     r"classifier\.json: cannot be read as a checkpoint \(JSONDecodeError"),
+    (_fewer_classes, "CheckpointError", r"model\.safetensors: cannot be read as a checkpoint \(RuntimeError: Error"
+                                        r"\(s\) in loading state_dict for Classifier: size mismatch"),
+])
+def test_damaged_classifier_folder_is_named(saved_classifier, tmp_path, capfd, break_it, error, message):
+    from synthaug.errors import UserError
+    from synthaug.train.models import load_classifier
+
+    broken = shutil.copytree(saved_classifier, tmp_path / "model")
+    break_it(broken)
+    with pytest.raises(UserError, match=message) as e:
+        load_classifier(broken)
+    assert type(e.value).__name__ == error and str(broken) in str(e.value)
+    assert "pwned" not in capfd.readouterr().out
+    load_classifier(saved_classifier)  # the intact folder still loads

@@ -52,7 +52,9 @@ def reading(path: Path, *, fix: str) -> Iterator[None]:
     except UserError:
         raise
     except _READ_ERRORS as e:
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+        # a first line that ends in ':' introduces the detail (load_state_dict's "Error(s) in loading ...:")
+        first = (" ".join(lines[:2]) if lines[0].endswith(":") else lines[0])[:300]
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {first}). Only "
                               f"safetensors weights and weights-only state files are loaded; {fix}") from None
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthaug.data.schema import LabelSchema
+from synthaug.generators.checkpoints import reading
 from synthaug.train.config import ModelConfig
 from synthaug.errors import SettingError, MissingFileError
 
@@ -176,14 +177,27 @@ def save_classifier(model: Classifier, config: ModelConfig, schema: LabelSchema,
 
 
 def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
-    """Loads a classifier saved by :func:`save_classifier` (safetensors; nothing is unpickled)."""
+    """Loads a classifier saved by :func:`save_classifier` (safetensors; nothing is unpickled).
+
+    Raises:
+        MissingFileError: ``folder`` lacks ``classifier.json`` or ``model.safetensors``.
+        CheckpointError: either file is damaged, or the weights do not fit the model ``classifier.json`` describes
+            (the message names the file and says to retrain or point elsewhere).
+    """
     folder = Path(folder)
-    meta_path = folder / "classifier.json"
-    if not meta_path.is_file():
-        raise MissingFileError(f"No classifier in {folder} (missing classifier.json); train one first.")
-    meta = json.loads(meta_path.read_text())
-    config = ModelConfig(**{**meta["model"], "pretrained": False})
-    model = create_classifier(config, LabelSchema.from_dict(meta["schema"]), meta["in_chans"])
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    meta_path, weights = folder / "classifier.json", folder / "model.safetensors"
+    for path in (meta_path, weights):
+        if not path.is_file():
+            raise MissingFileError(f"No classifier in {folder} (missing {path.name}); train one first, or point to "
+                                   "a folder a synthaug training stage wrote (train/<arm>/seed<k>/model).")
+    fix = (f"delete the stage folder that holds {folder} so that it is trained again, or point to another "
+           "classifier folder.")
+    with reading(meta_path, fix=fix):
+        meta = json.loads(meta_path.read_text())
+        config = ModelConfig(**{**meta["model"], "pretrained": False})
+        schema, in_chans = LabelSchema.from_dict(meta["schema"]), meta["in_chans"]
+    model = create_classifier(config, schema, in_chans)
+    with reading(weights, fix=fix):
+        model.load_state_dict(load_file(weights))
     model.normalization = meta.get("normalization")
     return model.to(device).eval(), meta
