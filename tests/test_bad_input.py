@@ -517,6 +517,8 @@ def _fewer_classes(folder):
     (lambda f: _pickle_bomb(f / "model.safetensors"), "CheckpointError", r"model\.safetensors: cannot be read"),
     (lambda f: (f / "classifier.json").write_text('{"model": '), "CheckpointError",
      r"classifier\.json: cannot be read as a checkpoint \(JSONDecodeError"),
+    (lambda f: (f / "classifier.json").write_text('{"model": {"name": "small-cnn"}, "schema": {"digit": ["0", "1"]}, '
+                                                  '"in_chans": 1}'), "CheckpointError", r"\(KeyError: 'image_size'\)"),
     (_fewer_classes, "CheckpointError", r"model\.safetensors: cannot be read as a checkpoint \(RuntimeError: Error"
                                         r"\(s\) in loading state_dict for Classifier: size mismatch"),
 ])

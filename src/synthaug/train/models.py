@@ -196,6 +196,7 @@ def load_classifier(folder: str | Path, device: torch.device | str = "cpu") -> t
         meta = json.loads(meta_path.read_text())
         config = ModelConfig(**{**meta["model"], "pretrained": False})
         schema, in_chans = LabelSchema.from_dict(meta["schema"]), meta["in_chans"]
+        meta["image_size"] = int(meta["image_size"])  # what every caller reads next
     model = create_classifier(config, schema, in_chans)
     with reading(weights, fix=fix):
         model.load_state_dict(load_file(weights))
