@@ -33,6 +33,22 @@ def test_errors_name_the_field_and_value(raw, message):
         build_config(raw)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epoch=3"], r"train\.epoch: Extra inputs are not permitted \(got 3\); did you mean 'epochs'\?"),
+    (["generator.params.guidence_scale=2"], r"generator\.params\.guidence_scale: .*did you mean 'guidance_scale'\?"),
+    (["evaluation.extractor_source=x"], r"'extractor_source' belongs under evaluation\.fidelity\."),
+    (["filters=[{name: confidence, min_prob: 0.5}]"], r"filters\.0\.confidence\.min_prob: .*did you mean "
+                                                      r"'min_probability'\?"),
+    (["arms.0.train.lrr=0.1"], r"\n  arms\.0\.train\.lrr: .*did you mean 'lr'\?$"),
+    (["evaluation.fidelity.kk=3"], r"this section's keys: enabled, extractor, extractor_source, feature_ratio, k,"),
+])
+def test_unknown_keys_get_the_likely_fix(overrides, message):
+    """A typo, an abbreviation or a key in the wrong section says what to write instead."""
+    with pytest.raises(ConfigError, match=message) as e:
+        build_config({}, overrides)
+    assert "Value error" not in str(e.value) and "(top level)" not in str(e.value)
+
+
 def test_load_config_reports_file_problems(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from synthaug.config_hints import unknown_key_hint
 from synthaug.data.sources import SOURCES, source_options
 from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
@@ -229,7 +230,7 @@ class ExperimentConfig(_Strict):
         try:
             return TrainConfig(**merged)
         except ValidationError as e:
-            raise SettingError(_format_errors(e, where)) from None
+            raise SettingError(_format_errors(e, where, TrainConfig)) from None
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.arms:
@@ -261,12 +262,22 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _format_errors(e: ValidationError, prefix: str = "") -> str:
+def _format_errors(e: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> str:
+    """One line per error: the dotted field, pydantic's message and the value given; for an unknown key in
+    ``root``'s tree the likely fix (:func:`~synthaug.config_hints.unknown_key_hint`); a validator's own message
+    (which names its fields) without pydantic's "Value error, " prefix and the section's whole input."""
     parts = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        parts.append(f"  {loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            message = str(err["ctx"]["error"]).lstrip()  # a whole-config check names its own fields
+            parts.append(f"  {loc}: {message}" if loc else f"  {message}")
+            continue
+        line = f"  {loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})"
+        if err["type"] == "extra_forbidden" and root is not None and err["loc"]:
+            line += f"; {hint}" if (hint := unknown_key_hint(root, err["loc"])) else ""
+        parts.append(line)
     return "\n".join(parts)
 
 
@@ -329,7 +340,7 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
     try:
         return ExperimentConfig(**raw)
     except ValidationError as e:
-        raise ConfigError(f"Invalid config {source}:\n{_format_errors(e)}") from None
+        raise ConfigError(f"Invalid config {source}:\n{_format_errors(e, root=ExperimentConfig)}") from None
     except (KeyError, ValueError) as e:
         raise ConfigError(f"Invalid config {source}: {e}") from None
 

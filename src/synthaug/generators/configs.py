@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synthaug.config_hints import unknown_key_hint
 from synthaug.registry import Registry
 from synthaug.errors import SettingError
 
@@ -325,6 +326,7 @@ def generator_config(name: str, params: dict[str, Any] | None) -> GeneratorConfi
     except ValidationError as e:
         problems = "; ".join(
             f"generator.params.{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            + (f", {hint}" if err["type"] == "extra_forbidden" and (hint := unknown_key_hint(cls, err["loc"])) else "")
             for err in e.errors()
         )
         raise SettingError(f"Invalid config for generator {name!r}: {problems}") from None

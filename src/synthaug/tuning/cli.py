@@ -60,7 +60,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     try:
         tune = TuneConfig(**{**cfg.tune.model_dump(exclude_unset=True), **changes}) if changes else cfg.tune
     except ValidationError as e:
-        raise ConfigError(f"Invalid command-line option for {args.config}:\n{_format_errors(e, 'tune')}") from None
+        raise ConfigError(f"Invalid command-line option for {args.config}:\n{_format_errors(e, 'tune', TuneConfig)}") from None
     threads = worker_threads(args.threads if args.threads is not None else tune.threads, args.local_workers)
 
     import optuna
