@@ -99,9 +99,9 @@ class DDPMConfig(GeneratorConfig):
     # CBDM (Qin et al., 2023): weight τ of a regulariser pulling each image's prediction for its class towards the
     # prediction for a uniformly drawn class on the same noisy input (weighted t / T), so rare classes borrow the
     # common ones' variety; 0 = off. Costs a second UNet pass per training image. On the demo, 0.25 raised class 9's
-    # recall of real test 9s by 0.16-0.19 and few-shot accuracy a little (+0.6 and +1.4 points, filtered, on two
-    # data draws: within noise), with fewer samples read as their class (BENCHMARKS.md "CBDM"); pair it with a
-    # confidence filter
+    # recall of real test 9s by 0.16-0.19 and few-shot accuracy a little (+0.9 points, filtered, on each of two
+    # data draws, 6 classifier seeds), with fewer samples read as their class (BENCHMARKS.md "CBDM"); pair it
+    # with a confidence filter
     cbdm_tau: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, le=1)  # 0 disables EMA
     # autocast for training and sampling; auto = bf16 where the hardware runs it natively, else fp32
