@@ -20,7 +20,8 @@ def test_overrides_parse_yaml_values():
 @pytest.mark.parametrize("raw, message", [
     ({"train": {"epochs": 0}}, r"train\.epochs.*greater than or equal to 1.*got 0"),
     ({"train": {"lossx": "ce"}}, r"train\.lossx.*Extra inputs"),
-    ({"train": {"loss": "focal"}}, r"train\.loss.*Unknown loss 'focal'.*balanced-softmax"),
+    ({"train": {"loss": "focal"}}, r"train\.loss.*Unknown loss 'focal'; valid names: balanced-softmax"),
+    ({"train": {"loss": "balanced_softmax"}}, r"Unknown loss 'balanced_softmax'; did you mean 'balanced-softmax'\?"),
     ({"data": {"source": "cifar"}}, r"data\.source.*Unknown data source 'cifar'.*mnist5k"),
     ({"data": {"source": "imagefolder"}}, r"needs data\.root"),
     ({"generator": {"name": "ddpm", "params": {"guidance_scale": -1}}}, r"generator\.params\.guidance_scale"),

@@ -8,6 +8,7 @@ itself with ``@REGISTRY.register(name)``, which fills in the declared entry.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 from typing import Annotated, Callable, Generic, TypeVar
@@ -56,8 +57,10 @@ class Registry(Generic[T]):
         try:
             entry = self._entries[name]
         except KeyError:
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.6)
             raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}; valid names: {', '.join(sorted(self._entries))}."
+                f"Unknown {self.kind} {name!r}; " + (f"did you mean {close[0]!r}? " if close else "")
+                + f"valid names: {', '.join(sorted(self._entries))}."
             ) from None
         if isinstance(entry, str):
             module, attr = entry.split(":")
