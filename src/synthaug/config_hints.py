@@ -1,8 +1,9 @@
 """What to say about a key a config section does not have: the likely spelling, or where the key belongs.
 
 Pydantic reports an unknown key as "Extra inputs are not permitted"; :func:`unknown_key_hint` adds the fix a
-user needs — ``did you mean 'guidance_scale'?`` for a typo, ``'extractor_source' belongs under evaluation.fidelity`` for a key
-in the wrong section, or the keys the section has. Plain pydantic (no torch), so config validation stays light.
+user needs — ``did you mean 'guidance_scale'?`` for a typo, ``'extractor_source' belongs under
+evaluation.fidelity`` for a key in the wrong section, or the keys the section has. Plain pydantic (no torch), so
+config validation stays light.
 """
 
 from __future__ import annotations
