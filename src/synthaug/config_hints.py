@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from pydantic import BaseModel
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` most likely means: one it abbreviates (``min_prob``), else the closest spelling
+    (``balanced_softmax`` → ``balanced-softmax``); None when none is close."""
+    known = sorted(known)
+    prefixed = [k for k in known if k.startswith(name) and len(name) >= 3]
+    return (prefixed or difflib.get_close_matches(name, known, n=1, cutoff=0.7) or [None])[0]
 
 
 def models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -58,10 +66,8 @@ def unknown_key_hint(root: type[BaseModel], loc: Sequence[Any]) -> str:
     """The fix for unknown key ``loc[-1]`` in the section at ``loc[:-1]`` of ``root`` ("" when none is found)."""
     key = str(loc[-1])
     known = sorted({name for model in _section(root, loc[:-1]) for name in model.model_fields})
-    close = ([k for k in known if k.startswith(key) and len(key) >= 3][:1]  # an abbreviation: min_prob
-             or difflib.get_close_matches(key, known, n=1, cutoff=0.7))
-    if close:
-        return f"did you mean {close[0]!r}?"
+    if close := closest(key, known):
+        return f"did you mean {close!r}?"
     elsewhere = sorted({section.rstrip(".") or "the top level" for section, name in _paths(root) if name == key})
     if elsewhere:
         return f"{key!r} belongs under {' or '.join(elsewhere)}."

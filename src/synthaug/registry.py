@@ -8,12 +8,12 @@ itself with ``@REGISTRY.register(name)``, which fills in the declared entry.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 from typing import Annotated, Callable, Generic, TypeVar
 
 from pydantic import AfterValidator
+from synthaug.config_hints import closest
 from synthaug.errors import UserError
 
 T = TypeVar("T")
@@ -57,9 +57,9 @@ class Registry(Generic[T]):
         try:
             entry = self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.6)
+            close = closest(str(name), self._entries)
             raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}; " + (f"did you mean {close[0]!r}? " if close else "")
+                f"Unknown {self.kind} {name!r}; " + (f"did you mean {close!r}? " if close else "")
                 + f"valid names: {', '.join(sorted(self._entries))}."
             ) from None
         if isinstance(entry, str):
