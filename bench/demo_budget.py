@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from synthaug.data.schema import LabelSchema
 from synthaug.generators.ddpm import DDPMConfig, DDPMGenerator
 from synthaug.plan import make_items
-from synthaug.utils import autocast, cpu_has_native_bf16
+from synthaug.torch_utils import autocast, cpu_has_native_bf16
 
 
 def cpu_model() -> str:

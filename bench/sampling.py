@@ -39,7 +39,7 @@ from synthaug.generators import create_generator
 from synthaug.plan import make_items
 from synthaug.train.loop import predict
 from synthaug.train.models import load_classifier
-from synthaug.utils import cpu_has_native_bf16, resolve_precision
+from synthaug.torch_utils import cpu_has_native_bf16, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_budget import cpu_model  # noqa: E402

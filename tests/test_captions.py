@@ -1,7 +1,7 @@
 import pytest
 
 from synthaug.data.schema import LabelSchema
-from synthaug.generators.captions import (
+from synthaug.data.captions import (
     DEFAULT_TEMPLATES, caption, captions_for_items, check_template, default_template,
 )
 from synthaug.plan import PlanItem

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from synthaug.errors import SettingError
-from synthaug.utils import cpu_has_native_bf16, resolve_precision
+from synthaug.torch_utils import cpu_has_native_bf16, resolve_precision
 
 
 def test_auto_keeps_fp32_where_onednn_is_limited_to_avx2(monkeypatch):

@@ -49,7 +49,8 @@ from synthaug.train import TrainConfig, load_classifier, predict, train_classifi
 from synthaug.train.checkpoint import remove as remove_checkpoint
 from synthaug.train.config import PERFORMANCE  # noqa: F401  (re-exported: training fields in no fingerprint)
 from synthaug.train.distributed import Processes
-from synthaug.utils import read_json, resolve_device, write_json
+from synthaug.torch_utils import resolve_device
+from synthaug.utils import read_json, write_json
 from synthaug.errors import SettingError, StageMismatch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from synthaug.data.schema import LabelSchema
 from synthaug.data.stats import ShotThresholds
 from synthaug.utils import atomic_write, derive_seed
 from synthaug.errors import SettingError
-from synthaug.generators.captions import caption, check_template
+from synthaug.data.captions import caption, check_template
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +156,7 @@ def rare_attribute_items(
     """Plan items copied from real images that carry at least one rare attribute class.
 
     Each item takes the whole label vector of its source image (``source_ids`` = that image's id) and a
-    caption listing its attributes (:func:`synthaug.generators.captions.caption`; by default "A person
+    caption listing its attributes (:func:`synthaug.data.captions.caption`; by default "A person
     wearing {attributes} clothes", underscores turned to spaces). Sources are ordered rarest first (by the
     training count of their rarest rare class, then by how many rare classes they carry, then a seeded
     shuffle); items go round-robin over that order. Item ``<source stem>-<copy:03d>`` keeps its labels,

@@ -1,4 +1,4 @@
-"""Text prompts made from labels, shared by the Stable Diffusion generators.
+"""Text prompts made from labels: the plan's captions and the text-conditioned generators' prompts.
 
 A template is a ``str.format`` pattern over these fields (class names with underscores turned to spaces):
 
@@ -11,13 +11,18 @@ A template is a ``str.format`` pattern over these fields (class names with under
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 from synthaug.data.schema import LabelSchema
 from synthaug.errors import SettingError
 
-if TYPE_CHECKING:  # plan imports this module; PlanItem is only a type here
-    from synthaug.plan import PlanItem
+
+class Prompted(Protocol):
+    """What a prompt is made from: a plan item's own prompt (or None) and its label vector."""
+
+    prompt: str | None
+    labels: Sequence[int]
+
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     "single_label": "a photo of a {class}",  # CLIP's and SD's usual single-label prompt
@@ -88,7 +93,7 @@ def caption(schema: LabelSchema, labels: Sequence[int] | None, template: str | N
 
 
 def captions_for_items(
-    schema: LabelSchema, items: Sequence[PlanItem], template: str | None = None,
+    schema: LabelSchema, items: Sequence[Prompted], template: str | None = None,
 ) -> list[str]:
     """One prompt per plan item: ``item.prompt`` when set, else :func:`caption` of ``item.labels``."""
     return [it.prompt if it.prompt is not None else caption(schema, it.labels, template) for it in items]

@@ -42,7 +42,8 @@ from synthaug.generators.real_images import class_pools, pick_sources
 from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
 from synthaug.plan import PlanItem
-from synthaug.utils import autocast, derive_seed, read_json, resolve_precision, write_json
+from synthaug.torch_utils import autocast, resolve_precision
+from synthaug.utils import derive_seed, read_json, write_json
 from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -59,7 +59,7 @@ from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_m
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, make_accelerator, process_state, train_diffusion,
 )
-from synthaug.generators.captions import caption, check_template
+from synthaug.data.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, resolve_checkpoint,
@@ -67,7 +67,8 @@ from synthaug.generators.sd_common import (
 )
 from synthaug.generators.real_images import class_pools, load_real_images, pick_sources, save_real_images
 from synthaug.plan import PlanItem
-from synthaug.utils import derive_seed, read_json, resolve_precision, write_json
+from synthaug.torch_utils import resolve_precision
+from synthaug.utils import derive_seed, read_json, write_json
 from synthaug.errors import SettingError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from diffusers import (
 from diffusers.utils import deprecation_utils
 
 from synthaug.plan import PlanItem
-from synthaug.utils import read_json, torch_dtype
+from synthaug.torch_utils import torch_dtype
+from synthaug.utils import read_json
 
 from synthaug.generators.configs import Precision, SchedulerName  # noqa: E402  (plain data)
 from synthaug.errors import SettingError, MissingFileError

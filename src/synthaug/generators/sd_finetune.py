@@ -44,7 +44,7 @@ from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, recover
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
 )
-from synthaug.generators.captions import caption
+from synthaug.data.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
 from synthaug.generators.sd_text2img import SDText2ImgGenerator
 from synthaug.utils import atomic_write, derive_seed, read_json, write_json

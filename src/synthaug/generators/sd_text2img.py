@@ -2,7 +2,7 @@
 
 Any diffusers text-to-image checkpoint works (SD 1.x, 2.x, SDXL, ...), named by local folder or hub id. The
 prompt of each plan item is its own ``prompt`` if set, else its labels through a template
-(:mod:`synthaug.generators.captions`): "a photo of a {class}" for single-label data, the DeepFashion study's
+(:mod:`synthaug.data.captions`): "a photo of a {class}" for single-label data, the DeepFashion study's
 "A person wearing {attributes} clothes" for attribute data. Each item's noise comes from its own seeded
 generator, so an item gives the same image whatever batch it is in. An unlabelled item (the pseudo-labelled
 control) is prompted with the empty prompt, with the same guidance and negative prompt.
@@ -18,7 +18,7 @@ from pydantic import Field
 
 from synthaug.generators.configs import SDText2ImgConfig
 from synthaug.generators.base import Generated, Generator, register_generator
-from synthaug.generators.captions import captions_for_items, check_template, default_template
+from synthaug.data.captions import captions_for_items, check_template, default_template
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, set_scheduler,
 )

@@ -38,7 +38,7 @@ from synthaug.generators.augcond import (
 from synthaug.generators.configs import UnCLIPAugCondConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.real_images import class_pools, image_tensor, load_real_images, pick_sources, save_real_images
-from synthaug.generators.captions import captions_for_items, check_template
+from synthaug.data.captions import captions_for_items, check_template
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, set_scheduler,
 )

@@ -30,7 +30,8 @@ from synthaug.train.mixing import batch_prior, make_batches
 from synthaug.train.models import (
     Classifier, create_classifier, parameter_counts, pretrained_input_size, save_classifier,
 )
-from synthaug.utils import autocast, derive_seed, resolve_precision, seed_everything, write_json
+from synthaug.torch_utils import autocast, resolve_precision, seed_everything
+from synthaug.utils import derive_seed, write_json
 
 log = logging.getLogger(__name__)
 
