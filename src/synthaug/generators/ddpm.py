@@ -36,7 +36,7 @@ from synthaug.generators.configs import DDPMConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, reading, recover_model_dir
 from synthaug.generators.diffusion_training import (
-    BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
+    BatchShare, DiffusionTraining, checked_main_first, denoising_target, make_accelerator, train_diffusion,
 )
 from synthaug.generators.real_images import class_pools, pick_sources
 from synthaug.generators.sd_common import item_generators
@@ -82,9 +82,7 @@ class _DDPMBatches:
             other = share.take(other).to(device)
             pred, pred_other = unet(torch.cat([xt, xt]), torch.cat([t, t]),
                                     class_labels=torch.cat([y, other])).sample.float().chunk(2)
-        target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
-        if target is None:  # v-prediction: v = √ᾱ_t ε − √(1−ᾱ_t) x0
-            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        target = denoising_target(c.prediction_type, x0, noise, t, self.noise_scheduler)
         loss = F.mse_loss(pred, target)  # 4. the denoising objective
         if other is not None:  # 5. CBDM's class-balancing regulariser
             loss = loss + class_balancing_loss(pred, pred_other, t, labelled=y != self.num_classes,

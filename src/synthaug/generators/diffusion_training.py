@@ -39,6 +39,28 @@ T = TypeVar("T")
 MIXED_PRECISION = {"fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}  # synthaug precision -> accelerate's
 
 
+def denoising_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                     scheduler: Any) -> torch.Tensor:
+    """What a denoising network is trained to output at timesteps ``t`` for clean inputs ``x0`` noised with
+    ``noise``: the one objective of every trainer here (the DDPM on pixels, sd-finetune and mvc on latents).
+
+    ``prediction_type`` is diffusers': "epsilon" the noise (Ho et al., 2020), "sample" the clean input,
+    "v_prediction" the velocity v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho, 2022; the scheduler's
+    ``get_velocity``). The samplers read the same setting from the scheduler's config, so a model is sampled as
+    it was trained.
+
+    Raises:
+        SettingError: an unknown prediction type.
+    """
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise SettingError(f"Unknown prediction_type {prediction_type!r}; use 'epsilon', 'sample' or 'v_prediction'.")
+
+
 @dataclass(frozen=True)
 class BatchShare:
     """This process's rows of a batch drawn whole by every process: rows ``index``, ``index + count``, ...

@@ -57,7 +57,7 @@ from synthaug.generators.configs import MVCConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, recover_model_dir
 from synthaug.generators.diffusion_training import (
-    BatchShare, DiffusionTraining, make_accelerator, process_state, train_diffusion,
+    BatchShare, DiffusionTraining, denoising_target, make_accelerator, process_state, train_diffusion,
 )
 from synthaug.data.captions import caption, check_template
 from synthaug.generators.embedding_mix import mix_embeddings
@@ -101,18 +101,11 @@ def instruct_pix2pix_loss(
     """The denoising loss of an image-conditioned UNet (Brooks et al., 2023, Eq. 2).
 
     1. forward process: z_t = add_noise(z_0, ε, t);
-    2. target: ε, or v = α_t ε − σ_t z_0 for v-prediction checkpoints (SD 2.x);
+    2. target (:func:`denoising_target`): ε, z_0, or v = α_t ε − σ_t z_0 for v-prediction checkpoints (SD 2.x);
     3. the UNet sees [z_t, image latent] concatenated on channels and the text embedding; MSE to the target.
     """
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise SettingError(f"Cannot fine-tune a model with prediction_type={prediction_type!r}; "
-                         "supported: 'epsilon', 'v_prediction'.")
+    target = denoising_target(noise_scheduler.config.prediction_type, latents, noise, timesteps, noise_scheduler)
     pred = unet(torch.cat([noisy, image_latents], dim=1), timesteps, text_embeds).sample
     return F.mse_loss(pred.float(), target.float())
 

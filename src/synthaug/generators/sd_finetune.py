@@ -42,7 +42,7 @@ from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
 from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, recover_model_dir
 from synthaug.generators.diffusion_training import (
-    BatchShare, DiffusionTraining, checked_main_first, make_accelerator, train_diffusion,
+    BatchShare, DiffusionTraining, checked_main_first, denoising_target, make_accelerator, train_diffusion,
 )
 from synthaug.data.captions import caption
 from synthaug.generators.sd_common import check_precision, dtype_kwargs, load_pipeline
@@ -177,12 +177,11 @@ def diffusion_loss(
     encoder_hidden_states: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
 ) -> torch.Tensor:
     """The denoising objective of Ho et al. (2020) on latents: MSE between the UNet's prediction and its
-    target (the noise for ε-prediction, the velocity for v-prediction as in SD 2.x)."""
+    target for the scheduler's ``prediction_type`` (:func:`denoising_target`: the noise, the clean latents, or the
+    velocity as in SD 2.x)."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # 1. forward process q(z_t | z_0)
-    if noise_scheduler.config.prediction_type == "v_prediction":  # 2. target
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    target = denoising_target(noise_scheduler.config.prediction_type, latents, noise, timesteps,  # 2. target
+                              noise_scheduler)
     pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]  # 3. prediction
     return F.mse_loss(pred.float(), target.float())
 
