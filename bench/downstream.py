@@ -32,7 +32,8 @@ import numpy as np
 
 from synthaug.config import load_config
 from synthaug.experiment import Experiment
-from synthaug.report.tables import collect_rows, shot_means
+from synthaug.report.results import shot_means
+from synthaug.report.tables import collect_rows
 from synthaug.utils import read_json
 
 COLUMNS = ["overall", "many", "medium", "few"]

@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from synthaug.data.schema import LabeledImages, LabelSchema
-from synthaug.generators import GENERATORS, create_generator, fill_store
+from synthaug.generators import create_generator, fill_store
 from synthaug.generators.sd_common import load_pipeline
 from synthaug.generators.sd_finetune import (
     LORA_WEIGHTS, diffusion_loss, encode_training_data, export_captioned_images,
@@ -50,10 +50,6 @@ def _fixed_pair_loss(unet, base, data_dir) -> float:
     with torch.no_grad():
         return diffusion_loss(unet, DDPMScheduler.from_config(base.scheduler.config), latents, text, noise,
                               timesteps).item()
-
-
-def test_registered():
-    assert "sd-finetune" in GENERATORS
 
 
 def test_export_writes_the_diffusers_training_format(real, tmp_path):

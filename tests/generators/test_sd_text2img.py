@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from synthaug.data.schema import LabelSchema
-from synthaug.generators import GENERATORS, create_generator, fill_store
+from synthaug.generators import create_generator, fill_store
 from synthaug.generators.sd_common import item_generators, load_pipeline, resolve_checkpoint
 from synthaug.plan import PlanItem, make_items
 from synthaug.store import SyntheticStore, image_path
@@ -22,10 +22,6 @@ FAST = {"num_inference_steps": 2}
 
 def _pixels(path):
     return np.asarray(Image.open(path))
-
-
-def test_registered():
-    assert "sd-text2img" in GENERATORS
 
 
 def test_tiny_tokenizer_has_whole_words_and_takes_any_text(tmp_path):

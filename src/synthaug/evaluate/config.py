@@ -81,6 +81,11 @@ class FewShotConfig(_Strict):
     synthetic_per_real: int = Field(10, ge=1)
 
 
+# the evaluation studies, in the order `synthaug run` and `synthaug study` run them (one folder each under
+# evaluation/); the study functions are keyed by these names in synthaug.evaluate.stages.STUDIES
+STUDY_NAMES: tuple[str, ...] = ("samples", "fidelity", "cas", "oracle", "replacement", "targeted", "few_shot")
+
+
 class EvaluationConfig(_Strict):
     enabled: bool = True  # False: `synthaug run` runs no study (the report then shows none)
     baseline_arm: str | None = None  # a real-only arm (synthetic: none); None: real-ce if present, else the first

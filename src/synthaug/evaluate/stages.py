@@ -16,6 +16,7 @@ import numpy as np
 
 from synthaug.config import ArmConfig, fingerprint
 from synthaug.errors import SettingError
+from synthaug.evaluate.config import STUDY_NAMES
 from synthaug.train.config import PERFORMANCE  # training fields in no fingerprint
 from synthaug.utils import read_json, write_json
 
@@ -388,10 +389,8 @@ def few_shot_stage(exp: Experiment) -> dict:
     return read_json(folder / "few_shot.json")
 
 
-STUDIES: dict[str, Callable[[Experiment], object]] = {
-    "samples": samples_stage, "fidelity": fidelity_stage, "cas": cas_stage, "oracle": oracle_stage,
-    "replacement": replacement_stage, "targeted": targeted_stage, "few_shot": few_shot_stage,
-}
+STUDIES: dict[str, Callable[[Experiment], object]] = dict(zip(STUDY_NAMES, (
+    samples_stage, fidelity_stage, cas_stage, oracle_stage, replacement_stage, targeted_stage, few_shot_stage)))
 
 
 def _enabled(exp: Experiment, study: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from synthaug.report.tables import run_config, seed_results, shot_means
+from synthaug.report.results import run_config, seed_results, shot_means
 from synthaug.utils import read_json
 
 METRICS = ["accuracy", "many", "medium", "few", "test_loss"]

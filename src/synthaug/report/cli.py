@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthaug.errors import MissingFileError
-
-STUDY_NAMES = ["samples", "fidelity", "cas", "oracle", "replacement", "targeted", "few_shot"]
+from synthaug.evaluate.config import STUDY_NAMES
 
 
 def _experiment(args):

@@ -307,7 +307,7 @@ def _few_shot_section(page: _Page) -> None:
 
 def write_html_report(run_dir: str | Path) -> Path:
     """Writes ``RUN_DIR/report/report.html`` (self-contained) and its PNG/CSV/Markdown tables; returns its path."""
-    from synthaug.report.tables import run_config
+    from synthaug.report.results import run_config
 
     run_dir = Path(run_dir)
     out = run_dir / "report"

@@ -20,7 +20,7 @@ def _pyplot():
 
 def per_class_accuracy_plot(run_dir: Path, path: Path) -> Path:
     """Grouped bars: mean per-class test accuracy (first label group) of every arm, classes head → tail."""
-    from synthaug.report.tables import run_config, seed_results
+    from synthaug.report.results import run_config, seed_results
 
     plt = _pyplot()
     cfg = run_config(run_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from synthaug.report.results import run_config, seed_results, shot_means
 from synthaug.utils import read_json, write_json
 
 COLUMNS = ["overall", "many", "medium", "few"]
@@ -29,31 +29,6 @@ def _fmt(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
         return "–"
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
-
-
-def run_config(run_dir: Path):
-    """The resolved experiment config saved in ``run_dir/config.yaml``."""
-    from synthaug.config import build_config
-
-    return build_config(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()),
-                        source=str(Path(run_dir) / "config.yaml"))
-
-
-def seed_results(run_dir: Path, arm: str, seeds) -> list[dict]:
-    """``metrics.json`` of every finished seed of ``arm``."""
-    paths = [Path(run_dir) / "train" / arm / f"seed{s}" / "metrics.json" for s in seeds]
-    return [read_json(p) for p in paths if p.is_file()]
-
-
-def shot_means(metrics: dict, shot_groups: dict[str, list[str]]) -> dict[str, float | None]:
-    """Mean per-class accuracy of each shot group (first label group), under the *current* thresholds
-    (``data/stats.json``), so changing ``data.shots`` re-reports without retraining."""
-    per_class = next(iter(metrics["groups"].values()))["per_class"]
-    out = {}
-    for shot, members in shot_groups.items():
-        values = [per_class[c] for c in members if per_class.get(c) is not None]
-        out[shot] = float(np.mean(values)) if values else None
-    return out
 
 
 def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
