@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_class_map import build_tiny_dit_pipeline
 from tiny_unclip import build_tiny_unclip_pipeline
 
 from synthaug.data.schema import LabeledImages, LabelSchema
@@ -51,6 +52,11 @@ def unclip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def dit_dir(tmp_path_factory) -> Path:
+    return build_tiny_dit_pipeline(tmp_path_factory.mktemp("tiny-dit") / "pipeline")
+
+
+@pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory) -> Path:
     """A random-weight small-cnn classifier saved as `synthaug train` saves one."""
     from synthaug.train.config import ModelConfig
@@ -64,7 +70,8 @@ def classifier_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setups(tiny_sd_dir, unclip_dir, classifier_dir) -> dict[str, tuple[dict, int]]:
+def setups(tiny_sd_dir, unclip_dir, classifier_dir,
+           dit_dir) -> dict[str, tuple[dict, int]]:
     """Generator name -> (params with non-default sampling settings, image side)."""
     sd = {"model": str(tiny_sd_dir), "num_inference_steps": 2, "guidance_scale": 3.0, "negative_prompt": "blurry"}
     return {
@@ -79,6 +86,8 @@ def setups(tiny_sd_dir, unclip_dir, classifier_dir) -> dict[str, tuple[dict, int
         "pseudo-label/sd-text2img": ({"classifier": str(classifier_dir), "base": "sd-text2img",
                                       "base_params": sd}, 16),
         "noise": ({"image_size": 16, "channels": 3}, 16),
+        "class-map": ({"model": str(dit_dir), "class_map": {"cat": ["tabby cat", 285], "dog": [207]},
+                       "sampling_steps": 2, "guidance_scale": 3.0, "scheduler": "ddpm"}, 16),
         "test-noise": ({"size": 8}, 8),  # tests/noise_generator.py, when another test module registered it
     }
 
@@ -184,7 +193,7 @@ def test_pseudo_labelled_sd_control_records_how_it_sampled(setups, real, tmp_pat
     assert rec["base_method"] == "sd-text2img" and len(rec["confidence"]) == 1
 
 
-@pytest.mark.parametrize("name", ["sd-text2img", "unclip-augcond"])
+@pytest.mark.parametrize("name", ["sd-text2img", "unclip-augcond", "class-map"])
 def test_check_loadable_fails_on_a_wrong_model_path(name, real, tmp_path):
     """Pretrained pipelines load nothing in fit; check_loadable catches a wrong path before generation."""
     gen = create_generator(name, {"model": str(tmp_path / "no-such-pipeline")}, SCHEMA, workdir=tmp_path / "work",

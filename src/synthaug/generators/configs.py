@@ -23,6 +23,7 @@ GENERATORS: Registry = Registry("generator", {
     "unclip-augcond": "synthaug.generators.unclip_augcond:UnCLIPAugCondGenerator",
     "pseudo-label": "synthaug.generators.pseudo_label:PseudoLabelGenerator",
     "noise": "synthaug.generators.noise:NoiseGenerator",
+    "class-map": "synthaug.generators.class_map:ClassMapGenerator",
 })
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -301,9 +302,38 @@ class NoiseConfig(GeneratorConfig):
     channels: Literal[1, 3] = 3  # 1: greyscale (L), 3: RGB
 
 
+class ClassMapConfig(GeneratorConfig):
+    """A pretrained class-conditional model whose classes are not the data's, reached through ``class_map``:
+    study 003 (§3.3.1, Table 3) drew CIFAR-10's truck and ship from fine ImageNet classes (fire engine,
+    garbage truck, ...; container ship, pirate ship). Defaults: DiT-XL/2 256 px on ImageNet and DiTPipeline's
+    own sampling settings (50 steps, guidance 4.0)."""
+    sampling_fields: ClassVar[frozenset[str]] = frozenset({"class_map", "sampling_steps", "guidance_scale",
+                                                            "scheduler", "dtype", "image_size", "image_mode"})
+    performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only"})
+
+    # a class-conditional pipeline folder saved with save_pretrained, or a hub id: a DiTPipeline (transformer,
+    # vae, scheduler; class names from its model_index.json id2label) or a UNet2DModel with num_class_embeds
+    # and a scheduler
+    model: str = "facebook/DiT-XL-2-256"
+    local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
+    # data class -> the model classes it is drawn from (ids, or names of the model's id2label); each item
+    # draws one of its class's entries from its own seed, e.g. {truck: [555, "garbage truck"], ship: [510]}
+    class_map: dict[str, list[int | str]] = Field(default_factory=dict)
+    sampling_steps: int = Field(50, ge=1)  # denoising steps (DiTPipeline's default 50)
+    # classifier-free guidance against the null class; None: 4.0 for DiT (DiTPipeline's default), 1.0
+    # (plain conditional) for a UNet2DModel, which has no null class
+    guidance_scale: float | None = Field(None, ge=0)
+    scheduler: SchedulerName = "default"  # "default": the checkpoint's sampler (DDIM for DiT-XL-2-256)
+    dtype: Precision | Literal["auto"] = "auto"  # "auto": fp16 on CUDA, fp32 on CPU; bf16 works on both
+    # output side (or [height, width]); None: the real training images' size, else the model's own
+    image_size: int | tuple[int, int] | None = None
+    image_mode: Literal["auto", "L", "RGB"] = "auto"  # "auto": the real images' mode, else the model's
+
+
 CONFIGS: dict[str, type[GeneratorConfig]] = {
     "ddpm": DDPMConfig, "sd-text2img": SDText2ImgConfig, "sd-finetune": SDFinetuneConfig, "mvc": MVCConfig,
     "unclip-augcond": UnCLIPAugCondConfig, "pseudo-label": PseudoLabelConfig, "noise": NoiseConfig,
+    "class-map": ClassMapConfig,
 }
 
 
