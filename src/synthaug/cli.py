@@ -46,6 +46,11 @@ def cmd_stats(args) -> None:
     exp.plan_items()  # a plan that cannot work (an unknown class, ...) is named before anything is written
     stats = exp.stats()
     print(stats.format())
+    from synthaug.data.longtail import official_train_indices, training_subset_sha256
+
+    indices = official_train_indices(exp.splits.train.ids)  # sources with official training indices (CIFAR)
+    if indices is not None:
+        print(f"training subset sha256: {training_subset_sha256(indices)}")
     print(f"\nBar chart: {exp.dir / 'data' / 'class_counts.png'}")
     if exp.splits.train.skipped:
         print(f"Skipped {len(exp.splits.train.skipped)} bad image(s):")

@@ -34,6 +34,10 @@ class LongTailConfig(_Strict):
     imbalance_ratio: float = Field(100.0, ge=1)  # ρ = n_max / n_min
     class_order: str | list[str] | None = None  # None/"natural", "reverse", "random", or names head → tail
     n_max: int | None = Field(None, ge=1)  # head-class count; None = the smallest class's size
+    # "rounded": n_c = round(n_max · ρ^(−c/(C−1))), seeded by the experiment seed (the default, for any data);
+    # "cao2019": LDAM-DRW's IMBALANCECIFAR exactly (floored counts, NumPy RandomState(0), index order), the
+    # subset independent of the experiment seed: what published CIFAR-10/100-LT numbers use
+    profile: Literal["rounded", "cao2019"] = "rounded"
 
 
 class ShotConfig(_Strict):
@@ -41,38 +45,81 @@ class ShotConfig(_Strict):
     few: int = 20  # few-shot: fewer than this many
 
 
+class FewShotConfig(_Strict):
+    shots: int = Field(ge=1)  # k training images kept per class (seed 002's 1/2/4/8/16-shot protocol)
+    draw: int = Field(0, ge=0)  # which seeded draw of the k images (one draw per repetition)
+
+
 class DataConfig(_Strict):
-    source: registered(SOURCES) = "mnist5k"  # mnist5k, digits, imagefolder, manifest
-    root: str | None = None  # imagefolder: root/<class>/<image> (or root/{train,val,test}/<class>/...)
+    # mnist5k, digits, imagefolder, manifest, deepfashion-attributes, cifar10, cifar100, image-list,
+    # inaturalist, hf-dataset (`synthaug list sources`)
+    source: registered(SOURCES) = "mnist5k"
+    # imagefolder: root/<class>/<image> (or root/{train,val,test}/<class>/...); cifar10/100: the folder holding
+    # the official archive or its extracted folder; image-list / inaturalist: what list paths are relative to;
+    # hf-dataset: a save_to_disk folder or parquet/arrow files
+    root: str | None = None
     manifest: str | None = None  # manifest: CSV/TSV/JSONL file; relative image paths resolve against its folder
     image_column: str = "image"
     label_columns: list[str] = Field(default_factory=lambda: ["label"])
-    classes: dict[str, list[str]] | list[str] | None = None  # declared classes (else inferred, sorted)
+    # declared classes (else inferred, sorted); image-list / inaturalist: a subset to keep, by name or index
+    classes: dict[str, list[str]] | list[str | int] | None = None
     classes_file: str | None = None  # deepfashion-attributes: a class-names file (else found under root)
     split_column: str = "split"
     caption_column: str | None = None  # manifest: a column with one caption per image (e.g. for mvc)
+    label: Literal["fine", "coarse"] | None = None  # cifar100: the 100 fine classes (default) or 20 superclasses
+    # image-list (ImageNet-LT, Places-LT: "relative/path label" lines): list files, relative to data.root unless
+    # absolute; val_list is optional (without it validation is carved from train)
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    class_names: str | None = None  # image-list: one name per line in index order, or "index name" lines
+    # inaturalist: the COCO-style annotation files (train2018.json, val2018.json, ...); image paths in them
+    # are relative to data.root
+    train_json: str | None = None
+    val_json: str | None = None
+    test_json: str | None = None
     mode: Literal["L", "RGB"] = "RGB"  # user data: PIL mode images are converted to
     on_bad_image: Literal["error", "skip"] = "error"
     test_per_class: int | None = Field(None, ge=1)  # held-out test images per class (None: the source's default)
     val_per_class: int | None = Field(None, ge=0)
     split_seed: int = 0  # fixed split seed, independent of the experiment seed
     longtail: LongTailConfig | None = None  # subsample the training split to a long-tailed profile
+    fewshot: FewShotConfig | None = None  # keep k training images per class (after any long tail)
     shots: ShotConfig = Field(default_factory=ShotConfig)  # reporting only: changing it retrains nothing
 
-    _EVERY_SOURCE: ClassVar[frozenset[str]] = frozenset({"source", "longtail", "shots"})
+    _EVERY_SOURCE: ClassVar[frozenset[str]] = frozenset({"source", "longtail", "fewshot", "shots"})
+    _NEEDS_ROOT: ClassVar[frozenset[str]] = frozenset({"imagefolder", "deepfashion-attributes", "cifar10", "cifar100",
+                                                       "image-list", "inaturalist", "hf-dataset"})
+    # fields added after run folders were recorded, with the value that behaves as before they existed: at that
+    # value a field is left out of the data stage's fingerprint, so earlier data stages still match
+    _ADDED: ClassVar[dict[str, Any]] = {"label": None, "train_list": None, "val_list": None, "test_list": None,
+                                        "class_names": None, "train_json": None, "val_json": None, "test_json": None,
+                                        "fewshot": None}
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.source in ("imagefolder", "deepfashion-attributes") and not self.root:
+        if self.source in self._NEEDS_ROOT and not self.root:
             raise SettingError(f"data.source {self.source!r} needs data.root")
         if self.source == "manifest" and not self.manifest:
             raise SettingError("data.source 'manifest' needs data.manifest")
+        needed = {"image-list": ("train_list", "test_list"), "inaturalist": ("train_json", "val_json")}
+        unset = [f"data.{f}" for f in needed.get(self.source, ()) if not getattr(self, f)]
+        if unset:
+            raise SettingError(f"data.source {self.source!r} needs {' and '.join(unset)}")
         reads = source_options(self.source)
         ignored = sorted(self.model_fields_set - reads - self._EVERY_SOURCE)
         if ignored:
             raise SettingError(f"data.source {self.source!r} does not use data.{', data.'.join(ignored)} (it would "
                                f"be ignored); remove it. This source reads: {', '.join(sorted(reads))}.")
         return self
+
+    def fingerprint_part(self) -> dict[str, Any]:
+        """The fields that make the data (not the reporting thresholds ``shots``); fields added later are left
+        out at their old-behaviour value, so a run folder recorded before them is still reused."""
+        dump = self.model_dump(mode="json", exclude={"shots"})
+        if self.longtail is not None and self.longtail.profile == "rounded":
+            dump["longtail"].pop("profile")
+        return {k: v for k, v in dump.items() if not (k in self._ADDED and v == self._ADDED[k])}
 
     def loader_options(self) -> dict[str, Any]:
         """The options the source's loader takes: every field it reads that has a value."""

@@ -35,9 +35,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from synthaug.config import ArmConfig, ExperimentConfig, dump_config, fingerprint
-from synthaug.data import ClassStats, DataSplits, ShotThresholds, load_source, longtail_subsample
+from synthaug.data import ClassStats, DataSplits, ShotThresholds, load_source
 from synthaug.evaluate.metrics import classification_metrics, save_metrics
 from synthaug.data.attributes import read_class_names
+from synthaug.data.longtail import (
+    SplitsWithoutValidation, apply_longtail_profile, carve_validation, fewshot_subsample,
+)
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.generators import GENERATORS, Generator, create_generator, fill_store, generator_config
 from synthaug.plan import (
@@ -207,7 +210,7 @@ class Experiment:
 
     @cached_property
     def _data_parts(self) -> dict[str, Any]:
-        return {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed,
+        return {"data": self.cfg.data.fingerprint_part(), "seed": self.cfg.seed,
                 "content": _content_hash(self.splits)}
 
     @cached_property
@@ -220,11 +223,18 @@ class Experiment:
     def _load_splits(self) -> DataSplits:
         d = self.cfg.data
         splits = load_source(d.source, **d.loader_options())
-        self._balanced_pool = splits.train
+        self._balanced_pool = full = splits.train
         if d.longtail is not None:
-            splits.train = longtail_subsample(splits.train, imbalance_ratio=d.longtail.imbalance_ratio,
-                                              seed=self.cfg.seed, class_order=d.longtail.class_order,
-                                              n_max=d.longtail.n_max)
+            lt = d.longtail
+            splits.train = apply_longtail_profile(full, profile=lt.profile, imbalance_ratio=lt.imbalance_ratio,
+                                                  seed=self.cfg.seed, class_order=lt.class_order, n_max=lt.n_max)
+        if isinstance(splits, SplitsWithoutValidation):  # validation from the training images not kept
+            train, val, self._balanced_pool = carve_validation(
+                full, splits.train if d.longtail is not None else None, per_class=splits.val_per_class,
+                seed=splits.split_seed)
+            splits = DataSplits(train, val, splits.test)
+        if d.fewshot is not None:
+            splits.train = fewshot_subsample(splits.train, shots=d.fewshot.shots, draw=d.fewshot.draw)
         return splits
 
     def _recorded_splits(self) -> DataSplits | None:
@@ -235,7 +245,7 @@ class Experiment:
         if not ((folder / "done.json").is_file() and (folder / "splits.json").is_file()):
             return None
         record, recorded = read_json(folder / "done.json"), read_json(folder / "splits.json")
-        same = {"data": self.cfg.data.model_dump(mode="json", exclude={"shots"}), "seed": self.cfg.seed}
+        same = {"data": self.cfg.data.fingerprint_part(), "seed": self.cfg.seed}
         if any(record.get("parts", {}).get(k) != fingerprint(v) for k, v in same.items()):
             return None
         from synthaug.data.sources import images_checked_before

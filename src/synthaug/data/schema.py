@@ -84,7 +84,9 @@ class LabeledImages:
         schema: the label schema.
         labels: int64 array (N, num_groups).
         ids: a stable string id per image (file path relative to the data root, or ``source:index``).
-        pixels: uint8 array (N, H, W) or (N, H, W, C), or None when images live on disk.
+        pixels: uint8 array (N, H, W) or (N, H, W, C); or an object array (N,) of callables that each decode one
+            image on demand (``LabeledImages.image`` calls it), e.g. rows of an Arrow-backed dataset column; or
+            None when images live on disk.
         paths: image file paths, or None when ``pixels`` is given.
         mode: PIL mode images are converted to ("L" or "RGB").
         skipped: descriptions of bad images left out when the set was read (kept through ``subset``).
@@ -115,7 +117,8 @@ class LabeledImages:
         """Image ``i`` in :attr:`mode` (files decoded upright, 16-bit and transparent ones converted; see
         :mod:`synthaug.data.images`)."""
         if self.pixels is not None:
-            return convert_image(Image.fromarray(self.pixels[i]), self.mode)
+            item = self.pixels[i]
+            return convert_image(item() if callable(item) else Image.fromarray(item), self.mode)
         return open_image(self.paths[i], self.mode)
 
     @property
