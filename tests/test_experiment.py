@@ -61,7 +61,8 @@ def test_run_writes_every_stage_and_the_table(config, tmp_path, capsys):
 
     # a changed config does not silently reuse a finished stage
     assert main(["train", str(config), "--arm", "real-ce", "--set", "train.epochs=2"]) == 2
-    assert "with other inputs (train changed)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing was run or written" in err and "train/real-ce/seed0 (completed with other inputs: train changed)" in err
 
 
 def test_stats_command_and_bad_config(config, tmp_path, capsys):

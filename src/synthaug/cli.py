@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -29,16 +31,42 @@ def _add_config_args(p: argparse.ArgumentParser, *, optional: bool = False) -> N
         p.add_argument("config", help="experiment YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; values parsed as YAML)")
+    _add_wait_arg(p)
+
+
+def _add_wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="when another synthaug process is writing the run folder, wait for it to finish (default: "
+                        "refuse at once, naming its pid and command)")
 
 
 def _load(args) -> ExperimentConfig:
+    """The validated config; imports no torch, so a bad config is reported at once."""
     return load_config(args.config or _demo_config(), args.overrides)
 
 
+# commands that may only read the run folder (stats on a finished run): they take the write lock at their
+# first write, not at the start
+READ_FIRST = {"stats"}
+
+
 def _experiment(args):
+    """The experiment of the command's config, holding the run folder's write lock for the whole command (see
+    :mod:`synthaug.runlock`): from the start when the run folder exists (so a second writer is refused before it
+    loads anything), else from its first write."""
+    from synthaug.runlock import RunLock, check_folder_path
+
+    cfg = _load(args)  # validated before torch is imported
+    check_folder_path(cfg.run_dir)  # output_dir that is a file: named before torch is imported
+    lock = RunLock(cfg.run_dir, wait=getattr(args, "wait", False))
+    if getattr(args, "on_exit", None) is not None:
+        args.on_exit.callback(lock.release)
+    # rank 0 of an `accelerate launch` (RANK, as torchrun sets it) or a plain process: refused before torch loads
+    if getattr(args, "command", None) not in READ_FIRST and cfg.run_dir.is_dir() and os.environ.get("RANK", "0") == "0":
+        lock.acquire()
     from synthaug.experiment import Experiment
 
-    return Experiment(_load(args))
+    return Experiment(cfg, lock=lock)  # takes the lock (rank 0 alone) before its first write
 
 
 def cmd_stats(args) -> None:
@@ -60,6 +88,7 @@ def cmd_stats(args) -> None:
 
 def cmd_generate(args) -> None:
     exp = _experiment(args)
+    exp.preflight([], generator=True)
     store = exp.synthetic()
     if exp.is_main:  # under accelerate launch: one line, not one per process
         print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
@@ -85,7 +114,9 @@ def _selected_arms(exp, names):
 
 def cmd_train(args) -> None:
     exp = _experiment(args)
-    for arm in _selected_arms(exp, args.arm):
+    arms = _selected_arms(exp, args.arm)
+    exp.preflight(arms)  # every arm and seed checked before the first one trains
+    for arm in arms:
         for seed in exp.cfg.seeds:
             done = exp.train_arm(arm, seed)
             if exp.processes.is_main:  # under `accelerate launch`, one line per arm, not per process
@@ -102,10 +133,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from synthaug.experiment import Experiment
-
-    cfg = _load(args)
-    exp = Experiment(cfg)
+    exp = _experiment(args)
     names = set(args.arm)
     if names:
         _selected_arms(exp, list(names))
@@ -120,10 +148,11 @@ def cmd_run(args) -> None:
 def cmd_model_summary(args) -> None:
     """Parameter counts per arm. Works from the classes declared in the config (``data.classes`` or
     ``data.classes_file``) without the dataset on disk and without pretrained weights."""
+    cfg = _load(args)  # validated before torch is imported
     from synthaug.experiment import Experiment
     from synthaug.train import create_classifier, parameter_counts
 
-    exp = Experiment(_load(args))
+    exp = Experiment(cfg)  # writes nothing: no lock
     schema, channels, size = exp.model_inputs()
     for arm in _selected_arms(exp, args.arm):
         tcfg = exp.cfg.arm_train(arm)
@@ -180,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="the built-in experiment: MNIST-LT (ρ=100) + class-conditional DDPM")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_wait_arg(p)
     p.set_defaults(func=cmd_run, config=None, arm=[])
     p = sub.add_parser("model-summary", help="trainable / total parameter counts of each arm's classifier")
     _add_config_args(p)
@@ -201,9 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.func(args)
+        with contextlib.ExitStack() as args.on_exit:  # releases the run folder's lock, if the command took it
+            args.func(args)
     except UserError as e:  # a bad config, data file, setting or path: one line; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only or full disk, a permission, a file where a folder should be: one line
+        from synthaug.runlock import io_problem
+
+        if (problem := io_problem(e)) is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return 0
 

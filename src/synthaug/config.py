@@ -9,21 +9,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthaug.config_hints import unknown_key_hint
-from synthaug.data.sources import SOURCES, source_options
+from synthaug.data.sources import SOURCES, read_text, source_options
 from synthaug.generators.configs import generator_config
 from synthaug.registry import registered
 from synthaug.train.config import TrainConfig
 from synthaug.evaluate.config import EvaluationConfig
 from synthaug.filters.config import AnyFilterConfig, check_filters
 from synthaug.tuning.config import TuneConfig
-from synthaug.errors import ConfigError, SettingError  # noqa: F401  (ConfigError re-exported)
+from synthaug.errors import ConfigError, DataError, SettingError  # noqa: F401  (ConfigError re-exported)
 
 
 class _Strict(BaseModel):
@@ -173,8 +175,12 @@ class PseudoConfig(_Strict):
     count: int | None = Field(None, ge=1)  # None: as many as the generation plan (the control's "same count")
 
 
+# a folder name: letters, digits, . _ + -, not starting with "." (hidden), so neither "", "..", "/abs" nor "a/b"
+FOLDER_NAME = r"^[\w][\w.+-]*$"
+
+
 class ArmConfig(_Strict):
-    name: str = Field(pattern=r"^[\w][\w.+-]*$")  # a folder name: letters, digits, . _ + -
+    name: str = Field(pattern=FOLDER_NAME)  # a folder name (FOLDER_NAME)
     synthetic: Literal["none", "generated", "pseudo"] = "none"  # which synthetic set the arm may use
     train: dict[str, Any] = Field(default_factory=dict)  # overrides of the top-level train section
     # synthetic: generated arms train on the images the `filters` keep; False: on the unfiltered set (the same
@@ -205,7 +211,7 @@ SYNTHETIC_MIXINGS = {"combined", "balanced-batch", "rsp", "two-phase", "oversamp
 
 
 class ExperimentConfig(_Strict):
-    name: str = "experiment"
+    name: str = "experiment"  # the run folder's name, output_dir/<name>: a folder name (FOLDER_NAME)
     seed: int = 0  # data subsampling, generator training, plan item seeds
     seeds: list[int] = Field(default_factory=lambda: [0])  # classifier seeds (mean ± std over these)
     output_dir: str = "runs"
@@ -222,6 +228,24 @@ class ExperimentConfig(_Strict):
     # keep / reject every generated image before arms train on it (applied in order; see synthaug.filters)
     filters: list[AnyFilterConfig] = Field(default_factory=list)
     tune: TuneConfig | None = None  # Optuna search around one arm (`synthaug tune`); None: no tuning
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        if not re.fullmatch(FOLDER_NAME, name):
+            raise SettingError(
+                f"name {name!r} must be a folder name, the run folder output_dir/<name>: letters, digits and . _ + "
+                "-, not starting with '.' (so not empty, not '..', no '/' or '\\', not absolute, not hidden). Put "
+                "the folder the runs go to in output_dir instead, e.g. --set output_dir=/data/runs --set name=exp1.")
+        return name
+
+    @model_validator(mode="after")
+    def _run_dir_inside_output_dir(self):
+        output_dir = os.path.abspath(self.output_dir)
+        if os.path.dirname(os.path.abspath(self.run_dir)) != output_dir:  # the name's rule ensures it; kept as a guard
+            raise SettingError(f"name {self.name!r}: the run folder {self.run_dir} is not inside output_dir "
+                               f"{self.output_dir}; use a plain folder name.")
+        return self
 
     @model_validator(mode="after")
     def _arms_valid(self):
@@ -393,18 +417,33 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Reads a YAML experiment config (``yaml.safe_load``), applies overrides, validates."""
+    """Reads a YAML experiment config (UTF-8, ``yaml.safe_load``), applies overrides, validates.
+
+    Raises:
+        ConfigError: a missing or unreadable file, bytes that are not UTF-8 (line and column), YAML that does not
+            parse, an empty file (write ``{}`` to run on every default), or an invalid field.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} not found.")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} not found." if not path.exists() else
+                          f"Config file {path} is not a file (a folder or device); give the YAML file's path.")
+    try:
+        text = read_text(path, "experiment config")
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"Config file {path} cannot be read ({e.strerror}); make it readable (e.g. `chmod u+r "
+                          f"{path}`).") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if raw is None:  # an empty file (or comments only) is more often a mistake than a wish for every default
+        raise ConfigError(f"Config file {path} is empty (no settings, or only comments). Write the experiment's "
+                          "settings in it; to run on every default, write `{}` in it (or run `synthaug demo`).")
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}.")
-    return build_config(raw or {}, overrides, source=str(path))
+    return build_config(raw, overrides, source=str(path))
 
 
 def fingerprint(*parts: Any) -> str:

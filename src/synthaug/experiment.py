@@ -43,8 +43,9 @@ from synthaug.data.longtail import (
 )
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.generators import GENERATORS, Generator, create_generator, fill_store, generator_config
+from synthaug.runlock import RunLock
 from synthaug.plan import (
-    PlanItem, balance_counts, fixed_counts, make_items, overgenerate_counts, ratio_counts, rare_attribute_items,
+    PlanItem, balance_counts, check_plan_size, fixed_counts, make_items, overgenerate_counts, ratio_counts, rare_attribute_items,
     take_per_class, unconditional_items,
 )
 from synthaug.store import SyntheticStore
@@ -91,9 +92,12 @@ def _concatenate(parts: list[LabeledImages]) -> LabeledImages:
 class Experiment:
     """Runs (or resumes) one experiment config. Each public method is one stage and returns its result."""
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, *, lock: RunLock | None = None):
+        """``lock``: the run folder's write lock (see :mod:`synthaug.runlock`), taken by the main process before
+        its first write (the command line passes one; from Python, pass one or keep to one writer yourself)."""
         self.cfg = cfg
         self.dir = cfg.run_dir
+        self.lock = lock
         self.device = resolve_device(cfg.device)
         # under `accelerate launch`: generation and classifier training are shared; only the main process writes
         self.processes = Processes.launched(self.device)
@@ -108,10 +112,17 @@ class Experiment:
     def _wait_for_everyone(self) -> None:
         self.processes.barrier()
 
+    def hold_lock(self) -> None:
+        """Takes the run folder's write lock, if this experiment has one, on the main process (the ranks of one
+        ``accelerate launch`` write as one: rank 0 alone writes records). Called before anything is written."""
+        if self.lock is not None and self.processes.is_main:
+            self.lock.acquire()
+
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _accept_config(self) -> None:
         """Writes ``config.yaml`` once a stage of this run is accepted (a rejected re-run leaves it alone)."""
         if not self._config_written and self.processes.is_main:
+            self.hold_lock()
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.yaml").write_text(dump_config(self.cfg))
             (self.dir / "config.resolved.yaml").write_text(dump_config(self.cfg, resolved=True))
@@ -121,12 +132,17 @@ class Experiment:
     def _changed(previous: dict, part_fps: dict[str, str]) -> list[str]:
         return [k for k, v in part_fps.items() if previous.get("parts", {}).get(k) != v] or ["its inputs"]
 
-    def _check(self, rel: str, parts: dict[str, Any], *, redo: bool = False) -> dict | None:
+    def _check(self, rel: str, parts: dict[str, Any], *, redo: bool = False, restartable: bool = False) -> dict | None:
         """The stage's previous record (done or started), or None; a :class:`StageMismatch` when it was made
-        with other inputs and may not be redone. Called before anything of a run is written."""
+        with other inputs and may not be redone. Called before anything of a run is written.
+
+        ``restartable``: the stage keeps nothing a rerun resumes from (a generator that trains nothing), so a
+        ``started`` record without ``done`` is no record at all (an attempt that failed before this fix left one)."""
         folder = self.dir / rel
         record, started = folder / "done.json", folder / "started.json"
         previous = read_json(record) if record.is_file() else read_json(started) if started.is_file() else None
+        if previous is not None and restartable and not record.is_file():
+            previous = None
         if previous is None or redo or previous.get("fingerprint") == fingerprint(parts):
             return previous
         changed = self._changed(previous, {k: fingerprint(v) for k, v in parts.items()})
@@ -135,9 +151,60 @@ class Experiment:
             f"Stage {rel} in {folder} was {state} with other inputs ({', '.join(changed)} changed). Delete "
             f"{folder} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
 
+    def _conflict(self, rel: str, parts: dict[str, Any], *, restartable: bool = False) -> str | None:
+        """How stage ``rel`` on disk conflicts with ``parts`` (made with other inputs, and not redone on its own
+        as derived data is), or None."""
+        try:
+            self._check(rel, parts, restartable=restartable)
+        except StageMismatch:
+            folder = self.dir / rel
+            previous = read_json(folder / "done.json") if (folder / "done.json").is_file() \
+                else read_json(folder / "started.json")
+            state = "completed" if (folder / "done.json").is_file() else "started"
+            changed = self._changed(previous, {k: fingerprint(v) for k, v in parts.items()})
+            return f"{rel} ({state} with other inputs: {', '.join(changed)} changed): {folder}"
+        return None
+
+    def preflight(self, arms: list[ArmConfig] | None = None, *, generator: bool | None = None) -> None:
+        """Plan, then act: checks, before anything runs or is written, every stage the command would reuse that was
+        made (or started) with other inputs: the generator and each classifier arm and seed (with the arm that
+        labels the pseudo-labelled control). Derived data (data, synthetic, pseudo, filter, judge) is redone
+        when its inputs change, so it conflicts only through what was trained on it.
+
+        Args:
+            arms: the arms the command trains (None: every arm); their seeds are ``seeds``.
+            generator: whether the command uses the generator (None: when an arm uses synthetic images).
+
+        Raises:
+            StageMismatch: listing every conflicting stage, what changed, and the fix.
+        """
+        arms = self.cfg.arms if arms is None else arms
+        if generator is None:
+            generator = any(a.synthetic != "none" for a in arms)
+        checks = []
+        if generator:
+            checks.append(("generator", lambda: self._generator_parts, self._generator_trains_nothing))
+        trained = {(a.name, seed): a for a in arms for seed in self.cfg.seeds}
+        if any(a.synthetic == "pseudo" for a in arms) and self.pseudo_control is not None:
+            labeller = self.cfg.arm(self.cfg.pseudo.classifier_arm)
+            trained = {(labeller.name, self.cfg.seeds[0]): labeller, **trained}
+        for (name, seed), arm in trained.items():
+            if arm.synthetic == "pseudo" and self.pseudo_control is None:
+                continue  # left out of the run (its generator has no pseudo-labelled control)
+            checks.append((f"train/{name}/seed{seed}", lambda a=arm, k=seed: self._arm_parts(a, k), False))
+        conflicts = [c for rel, parts, restartable in checks if (self.dir / rel).is_dir()
+                     and (c := self._conflict(rel, parts(), restartable=restartable))]
+        if conflicts:
+            listed = "\n".join(f"  - {c}" for c in conflicts)
+            raise StageMismatch(
+                f"This command would reuse or retrain finished work that was made with other inputs; nothing was run "
+                f"or written. Conflicting stage(s):\n{listed}\nTo redo them with this config, delete those folders "
+                f"(the stages after them are redone too), or keep them and use a new experiment name (--set "
+                f"name=...); or undo the change.")
+
     @contextmanager
-    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False,
-               shared: bool = False) -> Iterator[dict | None]:
+    def _stage(self, rel: str, parts: dict[str, Any], *, redo: bool = False, shared: bool = False,
+               restartable: bool = False) -> Iterator[dict | None]:
         """Yields None when ``rel`` is done with the same inputs; else a dict to fill with the stage's summary.
 
         Args:
@@ -148,6 +215,8 @@ class Experiment:
             shared: under several processes every rank runs the stage's body (rank 0 prepares the folder
                 first and records the stage after all are through); otherwise rank 0 alone runs it and the
                 others are told it is done. Rank 0 alone writes records either way.
+            restartable: the stage keeps nothing to resume from: a body that fails removes the ``started``
+                record (and the folder, when this attempt made it), so the fixed rerun starts fresh.
         """
         if not self.is_main:
             if not shared:  # rank 0 runs the stage alone: wait until it is recorded
@@ -160,21 +229,24 @@ class Experiment:
             yield None if done else {}
             self._wait_for_everyone()
             return
-        with self._main_stage(rel, parts, redo=redo, shared=shared) as summary:
+        with self._main_stage(rel, parts, redo=redo, shared=shared, restartable=restartable) as summary:
             yield summary
         if not shared:
             self._wait_for_everyone()  # the others wait for this record
 
     @contextmanager
-    def _main_stage(self, rel: str, parts: dict[str, Any], *, redo: bool, shared: bool) -> Iterator[dict | None]:
+    def _main_stage(self, rel: str, parts: dict[str, Any], *, redo: bool, shared: bool,
+                    restartable: bool = False) -> Iterator[dict | None]:
         wait = self._wait_for_everyone if shared else (lambda: None)
         folder = self.dir / rel
         fp = fingerprint(parts)
         part_fps = {k: fingerprint(v) for k, v in parts.items()}
         record, started = folder / "done.json", folder / "started.json"
-        previous = self._check(rel, parts, redo=redo)
-        if previous is not None and previous.get("fingerprint") == fp:
-            if record.is_file():
+        for locked in (False, True):  # a done stage is read without the lock; else read again under it
+            if locked:
+                self.hold_lock()  # another writer may have made the stage meanwhile (under --wait)
+            previous = self._check(rel, parts, redo=redo, restartable=restartable)
+            if previous is not None and previous.get("fingerprint") == fp and record.is_file():
                 wait()
                 yield None
                 wait()
@@ -187,12 +259,21 @@ class Experiment:
             log.warning("Stage %s: %s changed; redoing it (the previous result is kept in %s).",
                         rel, ", ".join(changed), aside)
         self._accept_config()
+        made_now = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         write_json(started, {"fingerprint": fp, "parts": part_fps})
         summary: dict[str, Any] = {}
         start = time.time()
         wait()
-        yield summary
+        try:
+            yield summary
+        except BaseException:
+            if restartable:  # nothing to resume: the fixed rerun finds the stage fresh
+                if made_now:
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    started.unlink(missing_ok=True)
+            raise
         wait()
         write_json(record, {"fingerprint": fp, "parts": part_fps, "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
@@ -294,6 +375,7 @@ class Experiment:
         # statistics depend on the reporting thresholds too, which invalidate nothing: rewrite when they differ
         if self.processes.is_main and (not (folder / "stats.json").is_file()
                                        or read_json(folder / "stats.json") != stats.to_dict()):
+            self.hold_lock()
             write_json(folder / "stats.json", stats.to_dict())
             (folder / "stats.txt").write_text(stats.format() + "\n")
             stats.bar_chart(folder / "class_counts.png")
@@ -325,6 +407,12 @@ class Experiment:
     def _generator_parts(self) -> dict[str, Any]:
         return {"data": self.data_fp, "generator": [self.cfg.generator.name, self.generator_config.training_part()]}
 
+    @property
+    def _generator_trains_nothing(self) -> bool:
+        """The generators that train (ddpm, mvc, sd-finetune) are the ones that train data-parallel and resume
+        from checkpoints; any other only loads a pretrained model (or records real images) in ``fit``."""
+        return not GENERATORS.get(self.cfg.generator.name).distributed_fit
+
     @cached_property
     def generator_fp(self) -> str:
         return fingerprint(self._generator_parts)
@@ -341,11 +429,15 @@ class Experiment:
         """Stage ``generator``: trains / fine-tunes the generator (resumes from its checkpoints), then checks
         that the model it will sample from loads; only then is the stage recorded done."""
         self.plan_items()  # a plan that cannot work (an unknown class, ...) fails before any training
-        self._check("generator", self._generator_parts)  # before any stage of this run writes anything
+        # a generator that trains nothing (a pretrained pipeline) keeps nothing to resume: a failed load leaves
+        # the stage fresh, so the rerun with the right model path is not refused as "started with other inputs"
+        restartable = self._generator_trains_nothing
+        self._check("generator", self._generator_parts, restartable=restartable)  # before this run writes anything
         self.stats()
         # under `accelerate launch` a generator that trains data-parallel fits on every process (rank 0 alone
         # writes the model and the record); any other fits on rank 0 while the others wait
-        with self._stage("generator", self._generator_parts, shared=self.generator.distributed_fit) as summary:
+        with self._stage("generator", self._generator_parts, shared=self.generator.distributed_fit,
+                         restartable=restartable) as summary:
             if summary is not None:
                 self.generator.fit(self.splits.train)
                 self.generator.check_loadable()
@@ -369,7 +461,12 @@ class Experiment:
             return rare_attribute_items(schema, train.labels, train.ids, seed=self.cfg.seed,
                                         thresholds=self.thresholds, rare_shots=p.rare_shots, per_source=p.per_source,
                                         total=p.total, template=p.caption_template)
-        return make_items(schema, overgenerate_counts(self.plan_counts(), p.overgenerate), seed=self.cfg.seed)
+        counts = overgenerate_counts(self.plan_counts(), p.overgenerate)
+        setting = {"balance": "plan.target", "fixed": "plan.counts", "ratio": "plan.ratio"}[p.strategy]
+        # refused with its size before one item is built (an extra zero would build ~220 bytes per item)
+        check_plan_size(float(counts.sum()), setting=setting + (" or plan.overgenerate" if p.overgenerate != 1 else ""),
+                        n_train=len(train))
+        return make_items(schema, counts, seed=self.cfg.seed)
 
     def plan_counts(self) -> np.ndarray:
         """Planned images per class of the first label group (the target: before ``plan.overgenerate``)."""
@@ -436,6 +533,7 @@ class Experiment:
                 and read_json(record).get("fingerprint") == fingerprint(self._synthetic_parts) \
                 and read_json(record).get("plan") != self.plan_fp:
             log.info("The generation plan changed; generating the new items into %s.", folder)
+            self.hold_lock()
             record.unlink()
         with self._stage("synthetic", self._synthetic_parts, redo=True, shared=True) as summary:
             store = SyntheticStore(folder, self.splits.schema, sync_every=self.cfg.plan.sync_every)
@@ -597,6 +695,7 @@ class Experiment:
 
     def evaluate(self) -> None:
         """Re-evaluates every trained classifier on the test split (metrics.json, per_class.csv)."""
+        self.hold_lock()
         for arm in self.cfg.arms:
             for seed in self.cfg.seeds:
                 folder = self.dir / "train" / arm.name / f"seed{seed}"
@@ -638,6 +737,7 @@ class Experiment:
     def run(self, *, only: Callable[[ArmConfig], bool] | None = None) -> dict | None:
         """Every stage in order; returns the report (see :mod:`synthaug.report.tables`), or None on a process
         other than the main one under ``accelerate launch``."""
+        self.preflight([a for a in self.cfg.arms if only is None or only(a)])  # refuses before anything runs
         self.stats()
         if any(a.synthetic == "generated" and (only is None or only(a)) for a in self.cfg.arms):
             self.synthetic()  # under accelerate launch every rank takes its share of the generation
@@ -649,6 +749,7 @@ class Experiment:
                           "pseudo-labelled control")
                 log.warning("Arm %s left out: %s.", arm.name, reason)
                 if self.processes.is_main:
+                    self.hold_lock()
                     write_json(self.dir / "train" / arm.name / "left_out.json", {"arm": arm.name, "reason": reason})
                 continue
             for seed in self.cfg.seeds:
@@ -656,6 +757,7 @@ class Experiment:
         return self._main_alone(self._finish_run)
 
     def _finish_run(self) -> dict:
+        self.hold_lock()  # the report and the studies write even when every stage was done
         if self.cfg.filters and any(a.synthetic == "generated" for a in self.cfg.arms):
             self.filter_synthetic()  # done already when a filtered arm ran; else it records the decisions
         from synthaug.evaluate.stages import run_evaluation

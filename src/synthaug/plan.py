@@ -23,6 +23,34 @@ from synthaug.errors import SettingError
 from synthaug.data.captions import caption, check_template
 
 
+# The largest plan accepted. A plan item costs ~220 bytes and ~1-5 µs to build (measured: 10^6 items, 216 MB), so 10^7
+# items is ~2 GB of plan before one image is made, and ~10 GPU-days of sampling at 10 images/s; published
+# long-tail recipes stay below it (ImageNet-LT balanced to its head class: ~1.1 M items). A plan over it is a typo
+# (an extra zero, a ratio meant as a share), refused with its size before any item is built.
+MAX_PLAN_ITEMS = 10**7
+# ... and at most this many synthetic images per real training image (a 1-shot, 10-class set: 10^5 items; few-shot
+# recipes use tens to a few thousand per real image)
+MAX_ITEMS_PER_TRAINING_IMAGE = 10**4
+
+
+def check_plan_size(n_items: float, *, setting: str, n_train: int | None = None) -> None:
+    """Refuses a plan of ``n_items`` items that is absurd for the data: over :data:`MAX_PLAN_ITEMS`, or over
+    :data:`MAX_ITEMS_PER_TRAINING_IMAGE` × ``n_train`` (the training images, when known).
+
+    Raises:
+        SettingError: naming the plan's size, the bound and ``setting``, the setting to change.
+    """
+    if n_items > MAX_PLAN_ITEMS:
+        bound = f"the most synthaug plans is {MAX_PLAN_ITEMS:,}"
+    elif n_train is not None and n_items > MAX_ITEMS_PER_TRAINING_IMAGE * max(n_train, 1):
+        bound = (f"more than {MAX_ITEMS_PER_TRAINING_IMAGE:,} per training image ({n_train:,} training images, so "
+                 f"at most {MAX_ITEMS_PER_TRAINING_IMAGE * max(n_train, 1):,})")
+    else:
+        return
+    size = f"{int(n_items):,}" if n_items < 1e30 else f"{n_items:.3g}"
+    raise SettingError(f"The generation plan has {size} items; {bound}. Lower {setting}.")
+
+
 @dataclass(frozen=True, slots=True)
 class PlanItem:
     """One image to generate.
@@ -59,6 +87,7 @@ def balance_counts(real_counts: Sequence[int], target: int | None = None) -> np.
     target = int(real.max()) if target is None else int(target)
     if target < 0:
         raise SettingError(f"plan target must be >= 0, but got {target=}.")
+    check_plan_size(target, setting="plan.target")  # one class's count alone (before int64 arithmetic)
     return np.maximum(target - real, 0)
 
 
@@ -70,6 +99,7 @@ def fixed_counts(num_classes: int, per_class: Mapping[int, int]) -> np.ndarray:
             raise SettingError(f"plan class index {c} is out of range 0..{num_classes - 1}.")
         if n < 0:
             raise SettingError(f"plan count for class {c} must be >= 0, but got {n}.")
+        check_plan_size(n, setting="plan.counts")  # one class's count alone (before it overflows int64)
         out[c] = n
     return out
 
@@ -78,7 +108,9 @@ def ratio_counts(real_counts: Sequence[int], ratio: float) -> np.ndarray:
     """round(ratio × real count) synthetic images per class."""
     if ratio < 0:
         raise SettingError(f"plan ratio must be >= 0, but got {ratio=}.")
-    return np.rint(np.asarray(real_counts, dtype=np.float64) * ratio).astype(np.int64)
+    counts = np.rint(np.asarray(real_counts, dtype=np.float64) * ratio)
+    check_plan_size(float(counts.sum()), setting="plan.ratio")  # before the cast to int64
+    return counts.astype(np.int64)
 
 
 def overgenerate_counts(counts: Sequence[int], factor: float) -> np.ndarray:
@@ -86,7 +118,9 @@ def overgenerate_counts(counts: Sequence[int], factor: float) -> np.ndarray:
     after filters reject some (``factor`` >= 1)."""
     if factor < 1:
         raise SettingError(f"plan.overgenerate must be >= 1, but got {factor=}.")
-    return np.ceil(np.asarray(counts, dtype=np.float64) * factor - 1e-9).astype(np.int64)
+    wanted = np.ceil(np.asarray(counts, dtype=np.float64) * factor - 1e-9)
+    check_plan_size(float(wanted.sum()), setting="plan.overgenerate (or the plan's counts)")
+    return wanted.astype(np.int64)
 
 
 def take_per_class(classes: Sequence[int], keep: Sequence[bool], targets: Sequence[int]) -> np.ndarray:
@@ -119,6 +153,7 @@ def make_items(
     g = schema.groups[group]
     if len(counts) != len(g.classes):
         raise SettingError(f"counts has {len(counts)} entries but group {g.name!r} has {len(g.classes)} classes.")
+    check_plan_size(float(np.sum(np.asarray(counts, dtype=np.float64))), setting="the plan's counts")
     items = []
     for c, n in enumerate(counts):
         labels = (c,)  # one tuple shared by the class's items
@@ -197,6 +232,8 @@ def rare_attribute_items(
     tie = np.random.default_rng(derive_seed(seed, "rare-attributes")).permutation(len(sources))
     order = sources[np.lexsort((tie, -is_rare[sources].sum(1), rarest))]
     n_items = per_source * len(order) if per_source is not None else total
+    check_plan_size(n_items, setting="plan.per_source" if per_source is not None else "plan.total",
+                    n_train=len(ids))
     items = []
     for k in range(n_items):
         src = int(order[k % len(order)])
@@ -209,6 +246,7 @@ def rare_attribute_items(
 
 def unconditional_items(n: int, *, seed: int, prefix: str = "uncond") -> list[PlanItem]:
     """``n`` items with no label (for unconditional sampling and pseudo-labelling)."""
+    check_plan_size(n, setting="pseudo.count")
     return [PlanItem(f"{prefix}-{k:05d}", None, derive_seed(seed, f"{prefix}-{k:05d}")) for k in range(n)]
 
 

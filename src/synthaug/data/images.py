@@ -35,10 +35,21 @@ def convert_image(im: Image.Image, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
+def check_pixel_count(im: Image.Image) -> None:
+    """Raises :class:`PIL.Image.DecompressionBombError` for an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (None:
+    no limit). Pillow itself only warns between the limit and twice it; a dataset image that large is refused."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        raise Image.DecompressionBombError(
+            f"Image size ({im.width * im.height} pixels, {im.width}×{im.height}) exceeds limit of {limit} pixels")
+
+
 def open_image(path: str | Path, mode: str) -> Image.Image:
     """Decodes ``path`` upright (EXIF orientation applied) in ``mode``. Raises what Pillow raises
-    (:data:`DECODE_ERRORS`); :func:`file_problem` says why a path is not a file at all."""
+    (:data:`DECODE_ERRORS`), and :class:`~PIL.Image.DecompressionBombError` for any image over
+    ``MAX_IMAGE_PIXELS`` (:func:`check_pixel_count`); :func:`file_problem` says why a path is not a file at all."""
     with Image.open(path) as im:
+        check_pixel_count(im)  # before decoding: the header gives the size
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
         return convert_image(im, mode)

@@ -233,8 +233,16 @@ def _check_distinct(paths: Sequence[Path], where: Sequence[str], splits: Sequenc
                    "classifier trained on")
         else:
             why = "it would be counted twice"
-        raise DataError(f"{origin}: image {p} is listed twice, {where[j]} and {where[i]} ({why}). List each image "
-                        "once.")
+        if p == paths[j]:
+            raise DataError(f"{origin}: image {p} is listed twice, {where[j]} and {where[i]} ({why}). List each "
+                            "image once.")
+
+        def named(k: int) -> str:  # each path as listed; a symbolic link is named as itself, with its target
+            link = f", a symbolic link to {paths[k].resolve()}" if paths[k].is_symlink() else ""
+            return f"{where[k]} (as {paths[k]}{link})"
+
+        raise DataError(f"{origin}: image {p} is listed twice under two names, {named(j)} and {named(i)}: one file "
+                        f"({why}). List each image once.")
 
 
 def _check_enough_per_class(schema: LabelSchema, labels: np.ndarray, where: Sequence[str], origin: str,
