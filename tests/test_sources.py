@@ -111,3 +111,22 @@ def test_stats_groups_and_chart(tmp_path):
     assert "imbalance ratio 60.0" in stats.format()
     png = stats.bar_chart(tmp_path / "counts.png")
     assert Image.open(png).size[0] > 100
+
+
+def test_a_hard_linked_copy_is_one_image_listed_twice(image_tree, tmp_path):
+    """Two names of one file (a hard link, as a copy made with `cp -l`) would count the image twice, or leak it
+    from train into test: refused, naming both lines."""
+    import os
+
+    root = image_tree()
+    lines = ["image,label,split"]
+    lines += [f"{p.relative_to(root)},{p.parent.name},train" for p in sorted(root.rglob("*.png"))]
+    first = sorted((root / "owl").glob("*.png"))[0]
+    os.link(first, root / "owl" / "copy.png")
+    lines.append("owl/copy.png,owl,test")
+    manifest = root / "labels.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"listed twice under two names, labels\.csv line \d+ \(as .*owl.*\) and "
+                                        r"labels\.csv line \d+ \(as .*copy\.png\): one file \(in split 'train' and "
+                                        r"in split 'test'"):
+        load_source("manifest", manifest=manifest)
