@@ -55,7 +55,8 @@ def test_kid_of_two_halves_of_one_set_is_near_zero(digits):
 def test_precision_recall_identical_disjoint_and_half_covered():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 8, generator=g)
-    assert precision_recall(a, a) == {"precision": 1.0, "recall": 1.0, "k": 3}
+    same = precision_recall(a, a)
+    assert (same["precision"], same["recall"], same["coverage"], same["k"]) == (1.0, 1.0, 1.0, 3)
     far = precision_recall(a, a + 50.0)
     assert far["precision"] == 0.0 and far["recall"] == 0.0
     # half the fakes on the real manifold, half far away: precision ≈ 0.5, recall stays high
@@ -75,7 +76,7 @@ def test_per_class_fidelity_names_its_extractor(digits, tmp_path):
     fake = flat(gaussian_filter(images[:600], sigma=(0, 1, 1)))
     fake[fake_labels == 3] = x[:600][fake_labels == 3]  # class 3: exact copies of real images
     result = fidelity(x[600:], labels[600:], fake, fake_labels, [str(c) for c in range(10)], extractor="pixels:test",
-                      kid_subsets=5)
+                      kid_subsets=5, n_boot=50)
     assert result["extractor"] == "pixels:test" and set(result["per_class"]) == {str(c) for c in range(10)}
     per = result["per_class"]
     assert per["3"]["fid"] < min(per[c]["fid"] for c in per if c != "3")
@@ -84,6 +85,12 @@ def test_per_class_fidelity_names_its_extractor(digits, tmp_path):
     lines = (tmp_path / "fidelity.csv").read_text().splitlines()
     assert lines[0].startswith("extractor,class") and all(l.startswith("pixels:test,") for l in lines[1:])
     assert len(lines) == 12
+    header = lines[0].split(",")
+    for name in ("fid", "precision", "recall", "density", "coverage"):
+        assert {name, f"{name}_lower", f"{name}_upper"} <= set(header)
+    row3 = dict(zip(header, lines[1 + 1 + 3].split(",")))
+    assert row3["class"] == "3" and float(row3["fid_lower"]) <= float(row3["fid_upper"])
+    assert row3["cmmd"] == ""  # CMMD is only computed on clip features
 
 
 def test_classifier_extractor_uses_the_saved_backbone(tmp_path):
@@ -115,9 +122,9 @@ def test_missing_weights_name_the_file(tmp_path):
         create_extractor("clip", str(tmp_path / "no-such-clip"))
     with pytest.raises(MissingFileError, match="classifier.json"):
         create_extractor("classifier", tmp_path)
-    with pytest.raises(UnknownNameError, match="classifier, clip, inception"):
+    with pytest.raises(UnknownNameError, match="classifier, clip, dinov2, inception"):
         create_extractor("dino", None)
-    assert FEATURES.names() == ["classifier", "clip", "inception"]
+    assert FEATURES.names() == ["classifier", "clip", "dinov2", "inception"]
 
 
 def test_clip_extractor_from_a_local_folder(tmp_path):

@@ -17,9 +17,13 @@ class _Strict(BaseModel):
 
 class FidelityConfig(_Strict):
     enabled: bool = True
-    extractor: Literal["classifier", "inception", "clip"] = "classifier"
+    # the features every fidelity figure is computed on (and named after): classifier (offline default),
+    # inception (FID), clip (adds CMMD, Jayasumana et al. 2024), dinov2 (FD-DINOv2, Stein et al. 2023)
+    extractor: Literal["classifier", "inception", "clip", "dinov2"] = "classifier"
     # classifier: a model folder (None: train/<baseline_arm>/seed<first seed>/model, trained on the long-tailed
-    # training split); inception: the local weights file; clip: a model folder or hub id
+    # training split); inception: the local weights file; clip: a model folder or hub id (e.g.
+    # openai/clip-vit-large-patch14-336, CMMD's); dinov2: a model folder or hub id (e.g. facebook/dinov2-large,
+    # Stein et al.'s ViT-L/14); hub ids load offline only once cached
     extractor_source: str | None = None
     k: int = Field(3, ge=1)  # improved precision/recall: the k-th neighbour sets each ball's radius
     kid_subset_size: int = Field(100, ge=2)  # lowered to the smaller set's size per class

@@ -4,7 +4,8 @@
   *training* split, e.g. the real-only cross-entropy arm's ``train/real-ce/seed<k>/model``; always available
   offline, so it is the default;
 - ``inception``: torchmetrics' FID Inception-v3 (pool3, 2048-d) from a local weights file;
-- ``clip``: image embeddings of a CLIP model given by local path or hub id (as in CMMD, Jayasumana et al. 2024).
+- ``clip``: image embeddings of a CLIP model given by local path or hub id (as in CMMD, Jayasumana et al. 2024);
+- ``dinov2``: the CLS token of a DINOv2 model given by local path or hub id (FD-DINOv2, Stein et al. 2023).
 
 Every extractor has a ``label`` ("classifier:runs/demo/train/real-ce/seed0/model") that goes beside every
 number it makes.
@@ -110,13 +111,45 @@ def inception_features(source: str | Path | None, *, device: torch.device | str 
                             torch.device(device))
 
 
-class _ClipImage(nn.Module):
-    def __init__(self, model: nn.Module):
+class _ModelOutput(nn.Module):
+    """A transformers vision model called on ``pixel_values``, returning one field of its output."""
+
+    def __init__(self, model: nn.Module, field: str):
         super().__init__()
-        self.model = model
+        self.model, self.field = model, field
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).image_embeds
+        return getattr(self.model(pixel_values=pixel_values), self.field)
+
+
+def _transformers_extractor(name: str, source: str | None, model_class, processor_class, field: str, *, what: str,
+                            example: str, device: torch.device | str) -> FeatureExtractor:
+    """A transformers vision model and its image processor from ``source`` (a local folder or a hub id), the
+    images prepared as the processor says; the error names the setting and the fix when either is missing."""
+    if not source:
+        raise SettingError(f"evaluation.fidelity.extractor: {name} needs evaluation.fidelity.extractor_source: a "
+                           f"{what} model folder or hub id (e.g. {example}).")
+    try:
+        processor = processor_class.from_pretrained(source)
+        model, info = model_class.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise MissingFileError(
+            f"Could not load a {what} model from {source!r} (evaluation.fidelity.extractor_source): "
+            f"{type(e).__name__}: {str(e)[:300]} Give a local folder holding a {what} checkpoint (config.json, "
+            f"weights, preprocessor_config.json), or a hub id such as {example} cached once with network access "
+            f"(`huggingface-cli download {example}`).") from None
+    if info["missing_keys"]:  # another architecture's checkpoint loads with random weights in their place
+        missing = sorted(info["missing_keys"])
+        raise MissingFileError(
+            f"{source!r} (evaluation.fidelity.extractor_source) is not a {what} checkpoint: its weights lack "
+            f"{len(missing)} of the model's ({', '.join(missing[:3])}, ...; config model_type "
+            f"{model.config.model_type!r}). Give a {what} model folder or hub id such as {example}.")
+
+    def convert(image):
+        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    return FeatureExtractor(name, str(source), _ModelOutput(model, field).to(device).eval(),
+                            lambda images: _Tensors(images, convert), torch.device(device))
 
 
 @FEATURES.register("clip")
@@ -124,23 +157,20 @@ def clip_features(source: str | None, *, device: torch.device | str = "cpu") -> 
     """Projected image embeddings of a CLIP model (local folder or hub id; offline unless it is cached)."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    if not source:
-        raise SettingError("evaluation.extractor: clip needs evaluation.extractor_source: a CLIP model folder or "
-                           "hub id (e.g. openai/clip-vit-base-patch32).")
-    try:
-        processor = CLIPImageProcessor.from_pretrained(source)
-        model = CLIPVisionModelWithProjection.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise MissingFileError(
-            f"Could not load a CLIP model from {source!r} (evaluation.extractor_source): {type(e).__name__}: "
-            f"{str(e)[:300]} Give a local folder holding a CLIP checkpoint (config.json, weights, "
-            "preprocessor_config.json) or a hub id cached with network access once.") from None
+    return _transformers_extractor("clip", source, CLIPVisionModelWithProjection, CLIPImageProcessor, "image_embeds",
+                                   what="CLIP", example="openai/clip-vit-large-patch14-336", device=device)
 
-    def convert(image):
-        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
-    return FeatureExtractor("clip", str(source), _ClipImage(model).to(device).eval(),
-                            lambda images: _Tensors(images, convert), torch.device(device))
+@FEATURES.register("dinov2")
+def dinov2_features(source: str | None, *, device: torch.device | str = "cpu") -> FeatureExtractor:
+    """The CLS token (after the final layer norm: ``Dinov2Model``'s pooled output) of a DINOv2 model, the
+    representation Stein et al. (NeurIPS 2023) recommend for FD, KID and precision/recall; local folder or hub id
+    (they use ViT-L/14, ``facebook/dinov2-large``), offline unless it is cached."""
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    # the processor the checkpoint names (BitImageProcessor for Meta's: resize 256, centre crop 224, ImageNet norm)
+    return _transformers_extractor("dinov2", source, Dinov2Model, AutoImageProcessor, "pooler_output",
+                                   what="DINOv2", example="facebook/dinov2-large", device=device)
 
 
 def create_extractor(name: str, source: str | Path | None, *, device: torch.device | str = "cpu") -> FeatureExtractor:

@@ -1,10 +1,11 @@
-"""Accuracy overall, per label group, per class and per many/medium/few-shot group, and confusion matrices."""
+"""Accuracy overall, per label group, per class and per many/medium/few-shot group, confusion matrices, and
+percentile bootstrap confidence intervals for any figure computed from samples."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 from synthaug.data.schema import LabelSchema
 from synthaug.data.stats import ShotThresholds
+from synthaug.errors import SettingError
 from synthaug.utils import write_json
 
 
@@ -68,3 +70,45 @@ def save_metrics(metrics: dict, folder: str | Path) -> None:
             shot_of = {c: s for s, members in g["shot_members"].items() for c in members}
             for c, acc in g["per_class"].items():
                 writer.writerow([gname, c, "" if acc is None else f"{acc:.4f}", shot_of.get(c, "")])
+
+
+def bootstrap_ci(values_or_samples: np.ndarray | Sequence[np.ndarray], statistic: Callable[..., float] = np.mean,
+                 n_boot: int = 1000, confidence: float = 0.95,
+                 seed: int | Sequence[int] = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` (Efron & Tibshirani 1993, ch. 13).
+
+    Args:
+        values_or_samples: one array (its rows are resampled; ``statistic(rows)``), or a tuple/list of arrays,
+            each resampled on its own with replacement to its own size (``statistic(rows_a, rows_b, ...)``),
+            e.g. (real features, synthetic features) for a two-sample figure.
+        statistic: maps the resampled array(s) to a number; NaN or None replicates are left out.
+        n_boot: bootstrap replicates.
+        confidence: the interval's nominal coverage, in (0, 1).
+        seed: seeds numpy's generator (an int or a sequence of ints), so the same call gives the same interval.
+
+    Returns:
+        ``(lower, upper)``, or None when a sample has fewer than 2 rows or no replicate gives a number.
+
+    Raises:
+        SettingError: ``n_boot`` < 1 or ``confidence`` outside (0, 1).
+    """
+    if n_boot < 1:
+        raise SettingError(f"bootstrap_ci: n_boot must be at least 1, got {n_boot=}.")
+    if not 0 < confidence < 1:
+        raise SettingError(f"bootstrap_ci: confidence must lie in (0, 1), e.g. 0.95, got {confidence=}.")
+    two_sample = isinstance(values_or_samples, (tuple, list))
+    samples = [np.asarray(s) for s in values_or_samples] if two_sample else [np.asarray(values_or_samples)]
+    if min(len(s) for s in samples) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    replicates = []
+    for _ in range(n_boot):
+        # 1. draw every sample again with replacement, at its own size; 2. the statistic on the redraw
+        value = statistic(*(s[rng.integers(0, len(s), len(s))] for s in samples))
+        if value is not None and np.isfinite(value):
+            replicates.append(float(value))
+    if not replicates:
+        return None
+    # 3. the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the replicates
+    lower, upper = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lower), float(upper)
