@@ -91,6 +91,9 @@ class LabeledImages:
         mode: PIL mode images are converted to ("L" or "RGB").
         skipped: descriptions of bad images left out when the set was read (kept through ``subset``).
         captions: an optional caption per image (e.g. a manifest's ``data.caption_column``), or None.
+        targets: optional soft training targets, float32 (N, Σ C_g), each group's slice summing to 1 (e.g. Diff-Mix
+            labels of translated images: :func:`synthaug.train.data.attach_translation_targets`); None: the
+            one-hot of ``labels``. Training uses them only when its config asks (``train.translation_labels``).
     """
 
     schema: LabelSchema
@@ -102,6 +105,7 @@ class LabeledImages:
     origin: str = ""
     skipped: list[str] = field(default_factory=list)
     captions: list[str] | None = None
+    targets: np.ndarray | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(len(self.ids), len(self.schema.groups))
@@ -109,6 +113,12 @@ class LabeledImages:
             raise SettingError("LabeledImages needs exactly one of pixels or paths.")
         if self.captions is not None and len(self.captions) != len(self.ids):
             raise SettingError(f"LabeledImages got {len(self.captions)} captions for {len(self.ids)} images.")
+        if self.targets is not None:
+            self.targets = np.asarray(self.targets, dtype=np.float32)
+            if self.targets.shape != (len(self.ids), self.schema.num_outputs):
+                raise SettingError(f"LabeledImages got soft targets of shape {self.targets.shape} for {len(self.ids)} "
+                                   f"images of {self.schema.num_outputs} classes (all groups); expected "
+                                   f"{(len(self.ids), self.schema.num_outputs)}.")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,6 +147,7 @@ class LabeledImages:
             origin=self.origin,
             skipped=list(self.skipped),
             captions=None if self.captions is None else [self.captions[i] for i in idx],
+            targets=None if self.targets is None else self.targets[idx],
         )
 
     def class_counts(self, group: int = 0) -> np.ndarray:

@@ -4,7 +4,14 @@ torchvision's ``v2.CutMix`` / ``v2.MixUp`` mix image i with image i−1 of the b
 the same weights. Calling them with labels ``arange(B)`` and ``num_classes = B`` returns that mixing
 matrix W (B, B) itself; every label group's one-hot targets are then mixed as ``W @ one_hot`` — the same
 λ and the same box for every group — and concatenated into (B, Σ C_g) soft targets, which
-:class:`synthaug.train.losses.GroupedLoss` accepts. Each group's soft targets sum to 1.
+:class:`synthaug.train.losses.GroupedLoss` accepts. Each group's soft targets sum to 1. Labels that are already
+soft (B, Σ C_g) (Diff-Mix translation targets) are mixed the same way, ``W @ targets``.
+
+Per-item loss weights v (the synthetic loss weight ω: 1 for real images, ω for synthetic ones) follow the label
+shares: a mixed item's loss is Σ_j W_ij v_j · loss(logits_i, y_j), each share's loss weighted by the image it came
+from. Since the loss is linear in its target, that is the weight m_i = Σ_j W_ij v_j times the loss against the
+target Σ_j W_ij v_j y_j / m_i, which :meth:`BatchMix.mix` returns (a real image with a box of a synthetic one:
+weight λ + (1 − λ) ω, target shares λ : (1 − λ) ω). Items of weight 0 keep ``W @ y`` as target.
 """
 
 from __future__ import annotations
@@ -40,23 +47,40 @@ class BatchMix:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mixed images, soft targets (B, Σ C_g)); a batch of one is returned with one-hot targets."""
+        images, targets, _ = self.mix(images, labels)
+        return images, targets
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(mixed images, soft targets (B, Σ C_g), mixed per-item loss weights or None).
+
+        Args:
+            labels: class indices (B, G), or soft targets (B, Σ C_g).
+            weights: per-item loss weights (B,), or None (all 1).
+        """
         b = len(images)
         t = self.transform(b)
         if t is None or b < 2:
-            weights = torch.eye(b, device=images.device)
+            mixing = torch.eye(b, device=images.device)
         else:
-            images, weights = t(images, torch.arange(b, device=images.device))
-        targets = [weights @ F.one_hot(labels[:, g].long(), k).to(weights.dtype)
-                   for g, k in enumerate(self.group_sizes)]
-        return images, torch.cat(targets, 1)
+            images, mixing = t(images, torch.arange(b, device=images.device))
+        targets = soft_targets(labels, self.group_sizes).to(mixing.dtype)
+        if weights is None:
+            return images, mixing @ targets, None
+        weights = weights.to(mixing.dtype)
+        mixed_weights = mixing @ weights
+        weighted = mixing @ (weights[:, None] * targets)
+        kept = mixed_weights > 0
+        mixed = torch.where(kept[:, None], weighted / torch.where(kept, mixed_weights, 1)[:, None], mixing @ targets)
+        return images, mixed, mixed_weights
 
 
 @BATCH_MIXES.register("none")
 class NoMix(BatchMix):
     """No batch mixing: images and hard (B, G) labels pass through unchanged."""
 
-    def __call__(self, images, labels):
-        return images, labels
+    def mix(self, images, labels, weights=None):
+        return images, labels, weights
 
 
 @BATCH_MIXES.register("cutmix")
@@ -87,6 +111,13 @@ class CutMixOrMixUp(BatchMix):
 def create_batch_mix(name: str, group_sizes: Sequence[int], alpha: float = 1.0) -> BatchMix:
     """The batch mixer registered as ``name`` ("none", "cutmix", "mixup", "cutmix-or-mixup")."""
     return BATCH_MIXES.get(name)(group_sizes, alpha)
+
+
+def soft_targets(labels: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:
+    """(B, Σ C_g) float targets: class indices (B, G) one-hot per group; soft targets returned as they are."""
+    if labels.dtype.is_floating_point:
+        return labels
+    return torch.cat([F.one_hot(labels[:, g].long(), k).float() for g, k in enumerate(group_sizes)], 1)
 
 
 def hard_labels(targets: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:

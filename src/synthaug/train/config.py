@@ -7,9 +7,9 @@ registers itself into the same registry.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from synthaug.registry import Registry, registered
 from synthaug.errors import SettingError
@@ -48,9 +48,21 @@ SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm use
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 where the hardware runs it natively, else fp32
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class _WithAddedFields(BaseModel):
+    """A config whose :attr:`added_fields` (fields added after run folders were recorded, with the value that
+    behaves as before they existed) are left out of every dump at that value, so the arm fingerprints, which hash
+    ``model_dump``, of earlier run folders still match; rebuilding a config from such a dump gives the same config."""
 
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    added_fields: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _leave_out_added(self, handler) -> dict[str, Any]:
+        dump = handler(self)
+        return {k: v for k, v in dump.items() if not (k in self.added_fields and v == self.added_fields[k])}
+
+
+class ModelConfig(_WithAddedFields):
     name: str = "small-cnn"  # "small-cnn" or any timm model name (see timm.list_models())
     pretrained: bool = False  # load ImageNet weights through timm (needs them cached or reachable)
     head_hidden: list[int] = Field(default_factory=list)  # hidden sizes of the MLP head, e.g. [512, 128]
@@ -60,10 +72,43 @@ class ModelConfig(BaseModel):
     freeze: Literal["none", "all-but-head", "all-but-last"] = "none"
     trainable_stages: int = Field(1, ge=0)  # with freeze="all-but-last": the last N backbone stages train
     drop_rate: float = Field(0.0, ge=0, lt=1)  # backbone dropout before its pooled features (timm: drop_rate=)
+    # a timm backbone's weights from a local file, instead of `pretrained` (which reads timm's HF cache): a
+    # .safetensors file, a torch checkpoint (read with weights_only=True; a "state_dict" / "model" entry is
+    # taken), or a folder holding timm's model.safetensors or pytorch_model.bin (as the hub repo ships it)
+    weights: str | None = None
+
+    # fields added after run folders were recorded, with the value that behaves as before they existed: at that
+    # value a field is left out of every dump (so of the arm fingerprints), and earlier train stages still match
+    added_fields: ClassVar[dict[str, Any]] = {"weights": None}
+
+    @model_validator(mode="after")
+    def _one_weights_source(self):
+        if self.weights is not None and self.name == "small-cnn":
+            raise SettingError(f"train.model.weights ({self.weights}) loads a timm backbone's weights, but "
+                               "train.model.name is 'small-cnn'; name the timm model the weights are for.")
+        if self.weights is not None and self.pretrained:
+            raise SettingError(f"train.model.weights ({self.weights}) and train.model.pretrained: true both name "
+                               "the backbone's weights; keep weights (a local file) and set pretrained: false.")
+        return self
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class TranslationLabels(BaseModel):
+    """The training target of a synthetic image translated from a real image of class a into class b (ddpm's
+    ``translate_from``) at strength s. "hard": b; "soft": Diff-Mix's mixture (Wang et al., CVPR 2024, §3.3)
+    (1 − s^γ) · onehot(a) + s^γ · onehot(b), per label group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["hard", "soft"] = "hard"
+    gamma: float = Field(0.5, gt=0)  # γ of λ(s) = s^γ: below 1 gives the target class b more than s
+
+
+class TrainConfig(_WithAddedFields):
+    # fields added after run folders were recorded, with the value that behaves as before they existed: at that
+    # value a field is left out of every dump (so of the arm fingerprints, which hash model_dump), and earlier
+    # train stages still match
+    added_fields: ClassVar[dict[str, Any]] = {"synthetic_weight": 1.0,
+                                              "translation_labels": {"mode": "hard", "gamma": 0.5}}
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
@@ -99,6 +144,14 @@ class TrainConfig(BaseModel):
     image_size: int | None = None  # None: a pretrained timm model's input size, else the real images' size
     precision: Precision = "auto"  # autocast; auto = bf16 where native (CUDA bf16, AVX512-BF16/AMX), else fp32
     num_workers: int = Field(0, ge=0)  # loader processes; performance only (results do not depend on it)
+    # ω: the loss of every synthetic image is multiplied by this (DiffuLT's ω, Shao et al. 2024; DataDream's λ):
+    # loss = (Σ_real ℓ + ω Σ_synthetic ℓ) / batch size. The class prior (`prior`) is the batches' label
+    # distribution whatever ω. With CutMix/MixUp each label share's loss is weighted by the ω of the image it
+    # comes from (see synthaug.train.batch_mix)
+    synthetic_weight: float = Field(1.0, ge=0)
+    # targets of ddpm translations (translate_from): hard (the class made) or soft (Diff-Mix's mixture label);
+    # soft needs the synthetic set's soft targets (synthaug.train.data.attach_translation_targets)
+    translation_labels: TranslationLabels = Field(default_factory=TranslationLabels)
     # decoded, resized training images kept in memory per loading process, up to this many MB (the rest are
     # decoded when needed); 0: decode every time. Performance only.
     image_cache_mb: float = Field(2048.0, ge=0)
@@ -143,6 +196,9 @@ class TrainConfig(BaseModel):
     def _applies(self, name: str) -> str | None:
         """None if field ``name`` takes effect under this config, else what it needs (for :meth:`inapplicable`)."""
         two_phase = f"applies to mixing two-phase, but mixing is {self.mixing!r}"
+        synthetic = (self.mixing not in REAL_ONLY,
+                     f"applies to mixings that train on synthetic images, but mixing {self.mixing!r} uses real "
+                     "images only")
         rules = {
             "synthetic_share": (self.mixing in SHARE_MIXINGS,
                                 f"applies to mixing balanced-batch, rsp or oversample-synthetic, but mixing is "
@@ -157,6 +213,8 @@ class TrainConfig(BaseModel):
                       f"applies to optimizer adam or adamw, but optimizer is {self.optimizer!r}"),
             "phase2_epochs": (self.mixing == "two-phase", two_phase),
             "phase2_lr_scale": (self.mixing == "two-phase", two_phase),
+            "synthetic_weight": synthetic,
+            "translation_labels": synthetic,
             "model.trainable_stages": (self.model.freeze == "all-but-last",
                                        f"applies to model.freeze all-but-last, but freeze is {self.model.freeze!r}"),
         }

@@ -1,8 +1,10 @@
-"""Datasets that feed classifier training: real and synthetic images as one indexable set, decoded on demand."""
+"""Datasets that feed classifier training: real and synthetic images as one indexable set, decoded on demand;
+and the soft targets of translated synthetic images (Diff-Mix)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import dataclasses
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +12,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
 from synthaug.train.config import TrainConfig
 
 DEFAULT_CACHE_MB: float = TrainConfig.model_fields["image_cache_mb"].default
@@ -23,16 +26,20 @@ class ImageSet(Dataset):
     million synthetic images) holds at most ``cache_mb`` per loading process rather than every image. With
     loader workers each worker has its own cache (the training loop keeps them alive across epochs).
 
-    Items are (transformed image, label vector, is_synthetic). An item asked for as ``(index, seed)`` is
+    Items are (transformed image, label vector, is_synthetic); with ``soft_targets`` the label is a float target
+    (Σ C_g): the synthetic set's :attr:`LabeledImages.targets` where it has them, else the one-hot of the label
+    vector. An item asked for as ``(index, seed)`` is
     augmented with torch's random generator seeded with ``seed`` (the global state is left as it was), so the
     result does not depend on which process loads it or on what ran before (see :func:`seeded_batches`).
     """
 
     def __init__(self, real: LabeledImages, synthetic: LabeledImages | None, transform: Callable, image_size: int,
-                 *, cache_mb: float = DEFAULT_CACHE_MB):
+                 *, cache_mb: float = DEFAULT_CACHE_MB, soft_targets: bool = False):
         self.parts = [real] + ([synthetic] if synthetic is not None and len(synthetic) else [])
         self.num_real = len(real)
         self.labels = np.concatenate([p.labels for p in self.parts])
+        self.soft_targets = soft_targets
+        self._group_sizes = real.schema.group_sizes
         self.transform = transform
         self._resize = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
         self._cache: dict[int, torch.Tensor] = {}
@@ -61,7 +68,96 @@ class ImageSet(Dataset):
                 # stack trace, ~1 ms per call on CPU-only machines, i.e. most of a small model's epoch
                 torch.random.default_generator.manual_seed(seed)
                 image = self.transform(self._raw(i))
-        return image, torch.as_tensor(self.labels[i]), i >= self.num_real
+        return image, self._label(i), i >= self.num_real
+
+    def _label(self, i: int) -> torch.Tensor:
+        if not self.soft_targets:
+            return torch.as_tensor(self.labels[i])
+        targets = self.parts[1].targets if i >= self.num_real else None
+        if targets is not None:
+            return torch.as_tensor(targets[i - self.num_real])
+        return torch.as_tensor(one_hot_targets(self.labels[i : i + 1], self._group_sizes)[0])
+
+
+def one_hot_targets(labels: np.ndarray, group_sizes: Sequence[int]) -> np.ndarray:
+    """float32 (N, Σ C_g): each label group's class index (``labels``: (N, G)) as a one-hot slice."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(len(labels), len(group_sizes))
+    out = np.zeros((len(labels), sum(group_sizes)), dtype=np.float32)
+    offsets = np.cumsum([0, *group_sizes[:-1]])
+    out[np.arange(len(labels))[:, None], offsets + labels] = 1.0
+    return out
+
+
+def translation_targets(records: Iterable[dict[str, Any]], real_labels: Mapping[str, Sequence[int]],
+                        group_sizes: Sequence[int], gamma: float) -> dict[str, np.ndarray | None]:
+    """Diff-Mix soft targets (Wang et al., CVPR 2024, §3.3) of a synthetic set's translated images, by item id.
+
+    A manifest line made by translation (ddpm's ``translate_from`` other than "none") names its real source in
+    ``source_ids`` and its ``strength`` s. With a the source's label vector (``real_labels``) and b the line's
+    ``label_ids``, its target is, per label group, (1 − λ) · onehot(a) + λ · onehot(b) with λ = s^γ (so s = 1,
+    a run from pure noise, gives onehot(b); a translation within the class gives onehot(b) at any s).
+
+    Args:
+        records: the set's manifest lines (:meth:`synthaug.store.SyntheticStore.records`).
+        real_labels: label vector of every real training image, by id.
+        group_sizes: classes per label group.
+        gamma: γ of λ(s) = s^γ.
+
+    Returns:
+        ``{item_id: float32 (Σ C_g) target, or None for a line made from noise}``; unlabelled lines are left out.
+
+    Raises:
+        SettingError: a translation line without exactly one source id or a strength in (0, 1], or whose source
+            is not in ``real_labels`` (the set was made from other training images).
+    """
+    if not gamma > 0:
+        raise SettingError(f"train.translation_labels.gamma must be > 0, but got {gamma=}.")
+    out: dict[str, np.ndarray | None] = {}
+    for rec in records:
+        item_id, target = rec.get("item_id"), rec.get("label_ids")
+        if target is None:
+            continue
+        if rec.get("translate_from", "none") == "none":
+            out[item_id] = None
+            continue
+        sources, strength = rec.get("source_ids") or [], rec.get("strength")
+        where = f"synthetic item {item_id!r} (translate_from: {rec['translate_from']})"
+        if len(sources) != 1 or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise SettingError(f"{where} needs one source id and a strength in (0, 1] in its manifest line, but has "
+                               f"source_ids={sources} and strength={strength!r}; regenerate the set, or use "
+                               "train.translation_labels.mode: hard.")
+        if sources[0] not in real_labels:
+            raise SettingError(f"{where} was translated from real image {sources[0]!r}, which is not in the real "
+                               "training split: the set was made from other training data. Regenerate it from this "
+                               "split, or use train.translation_labels.mode: hard.")
+        lam = float(strength) ** gamma
+        source, made = one_hot_targets(np.stack([real_labels[sources[0]], target]), group_sizes)
+        out[item_id] = ((1 - lam) * source + lam * made).astype(np.float32)
+    return out
+
+
+def attach_translation_targets(synthetic: LabeledImages, records: Iterable[dict[str, Any]], real: LabeledImages,
+                               *, gamma: float) -> LabeledImages:
+    """``synthetic`` with :attr:`LabeledImages.targets`: Diff-Mix soft targets for its translated images (see
+    :func:`translation_targets`), the one-hot of its labels for images made from noise.
+
+    Args:
+        records: the manifest lines of the store ``synthetic`` was loaded from (any order, extra lines ignored).
+        real: the real training split the translations started from.
+
+    Raises:
+        SettingError: an image of ``synthetic`` with no manifest line, or a bad translation line.
+    """
+    soft = translation_targets(records, dict(zip(real.ids, real.labels)), synthetic.schema.group_sizes, gamma)
+    missing = [i for i in synthetic.ids if i not in soft]
+    if missing:
+        raise SettingError(f"{len(missing)} synthetic image(s) have no labelled manifest line among the records "
+                           f"given, e.g. {missing[:3]}; pass the records of the store the images were loaded from.")
+    targets = one_hot_targets(synthetic.labels, synthetic.schema.group_sizes)
+    for i, item_id in enumerate(synthetic.ids):
+        if soft[item_id] is not None:
+            targets[i] = soft[item_id]
+    return dataclasses.replace(synthetic, targets=targets)
 
 
 def seeded_batches(batches: list[np.ndarray], seed: int) -> list[list[tuple[int, int]]]:

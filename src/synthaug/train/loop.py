@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
 from synthaug.train.augment import create_transform, eval_transform
 from synthaug.train.batch_mix import create_batch_mix, hard_labels
 from synthaug.train import checkpoint
@@ -111,6 +112,10 @@ def train_classifier(
     holds the random states too, every image's augmentation is seeded by (seed, epoch, position) and loader
     workers by (seed, epoch), so neither the resume point nor ``num_workers`` changes the result.
 
+    With ``train.synthetic_weight`` ω ≠ 1 every synthetic image's loss is multiplied by ω; with
+    ``train.translation_labels.mode: soft`` the synthetic images train on their soft targets
+    (:attr:`LabeledImages.targets`, set by :func:`synthaug.train.data.attach_translation_targets`).
+
     Logs the trainable / total parameter counts at the start (and saves them in ``model/classifier.json``);
     writes ``prior.json`` (the class prior of weighted-ce / balanced-softmax, per phase) and ``curves.csv`` /
     ``curves.png`` (epoch, phase, lr, train and val loss and accuracy).
@@ -124,8 +129,16 @@ def train_classifier(
 
     Returns:
         The trained model (eval mode).
+
+    Raises:
+        SettingError: ``translation_labels.mode: soft`` with synthetic images that carry no soft targets.
     """
     workdir, device = Path(workdir), processes.device(torch.device(device))
+    soft = cfg.translation_labels.mode == "soft"
+    if soft and synthetic is not None and len(synthetic) and synthetic.targets is None:
+        raise SettingError("train.translation_labels.mode is 'soft', but the synthetic images carry no soft targets; "
+                           "load them through synthaug.train.data.attach_translation_targets (with the store's "
+                           "manifest records), or set translation_labels.mode: hard.")
     main = processes.is_main
     seed_everything(seed)
     precision = resolve_precision(cfg.precision, device, what="train.precision")
@@ -135,7 +148,7 @@ def train_classifier(
     log.info("%s: %s trainable / %s total parameters (freeze=%s)", cfg.model.name, f"{trainable:,}", f"{total:,}",
              cfg.model.freeze)
     transform = create_transform(cfg.augment, real.channels, image_size, model.normalization)
-    data = ImageSet(real, synthetic, transform, image_size, cache_mb=cfg.image_cache_mb)
+    data = ImageSet(real, synthetic, transform, image_size, cache_mb=cfg.image_cache_mb, soft_targets=soft)
     synth_labels = data.labels[data.num_real:]
     criteria = _criteria(cfg, real, synth_labels, workdir if main else None, device)
     mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
@@ -168,7 +181,7 @@ def train_classifier(
         criterion = criteria[cfg.phase(epoch)]
         row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
                **_train_epoch(net, loader, mixer, criterion, optimizer, schedule, scaler, device, precision,
-                              processes=processes)}
+                              processes=processes, synthetic_weight=cfg.synthetic_weight)}
         if val is not None and len(val) and main:
             logits = predict(model, val, image_size, device=device)
             row["val_loss"] = criterion(logits.to(device), torch.as_tensor(val.labels, device=device)).item()
@@ -218,9 +231,12 @@ def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, w
 
 def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixer, criterion, optimizer, schedule,
                  scaler: torch.amp.GradScaler, device: torch.device, precision: str, *,
-                 processes: Processes = Processes()) -> dict:
+                 processes: Processes = Processes(), synthetic_weight: float = 1.0) -> dict:
     """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``, the
     loss and accuracy over the images of all ``processes``.
+
+    With ``synthetic_weight`` ω ≠ 1, synthetic images' losses are weighted by ω (real ones by 1); the mixer
+    carries the weights through CutMix/MixUp (:meth:`synthaug.train.batch_mix.BatchMix.mix`).
 
     ``model`` is the classifier, or its DDP wrapper. With CutMix/MixUp the accuracy counts the class with the
     larger share of each soft target. With fp16 the loss is scaled (``scaler``); a step whose gradients overflow
@@ -229,11 +245,16 @@ def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixer, criterion, o
     classifier = getattr(model, "module", model)
     model.train()
     total_loss, correct, seen, lr = 0.0, 0.0, 0, float("nan")
-    for x, y, _ in loader:
-        x, y = mixer(x.to(device), y.to(device))
+    for x, y, synthetic in loader:
+        if synthetic_weight == 1:
+            x, y = mixer(x.to(device), y.to(device))
+            weights = None
+        else:
+            weights = torch.where(synthetic, synthetic_weight, 1.0).to(device)
+            x, y, weights = mixer.mix(x.to(device), y.to(device), weights)
         with autocast(device, precision):
             logits = model(x)
-        loss = criterion(logits.float(), y)
+        loss = criterion(logits.float(), y) if weights is None else criterion(logits.float(), y, weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -1,9 +1,13 @@
 """Classification losses over one or more label groups, registered by name.
 
 Every loss is cross-entropy per label group on that group's slice of the logits, summed over groups;
-single-label data is the one-group case. ``class_counts`` are, per group, the images of each class that the
-training batches hold (per epoch, possibly fractional expectations: see
-:func:`synthaug.train.mixing.batch_prior`); plain cross-entropy ignores them.
+single-label data is the one-group case. Targets are class indices (B, G) or soft targets (B, Σ C_g): CutMix /
+MixUp, soft translation labels (Diff-Mix). Optional per-item weights (B,) multiply each item's loss (the
+synthetic loss weight ω); the batch loss is Σ_b weight_b · loss_b / B, so a weight of 0 drops an item's
+gradient and leaves the others' as they were.
+
+``class_counts`` are, per group, the images of each class that the training batches hold (per epoch, possibly
+fractional expectations: see :func:`synthaug.train.mixing.batch_prior`); plain cross-entropy ignores them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from synthaug.errors import SettingError
 
 
 class GroupedLoss(nn.Module):
-    """Base: ``forward(logits (B, Σ C_g), labels (B, G)) -> scalar``; subclasses adjust per-group terms."""
+    """Base: ``forward(logits (B, Σ C_g), labels (B, G) or (B, Σ C_g), weights (B,) | None) -> scalar``;
+    subclasses adjust the per-group, per-item terms."""
 
     def __init__(self, class_counts: Sequence[np.ndarray], *, label_smoothing: float = 0.0):
         super().__init__()
@@ -32,14 +37,19 @@ class GroupedLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def group_term(self, g: int, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        """Group ``g``'s loss of every item, (B,)."""
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing, reduction="none")
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if labels.dtype.is_floating_point:  # soft targets (MixUp/CutMix): (B, Σ C_g) probabilities
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        if labels.dtype.is_floating_point:  # soft targets: (B, Σ C_g) probabilities
             parts = zip(torch.split(logits, self.group_sizes, 1), torch.split(labels, self.group_sizes, 1))
         else:
             parts = zip(torch.split(logits, self.group_sizes, 1), labels.unbind(1))
-        return sum(self.group_term(g, lg, t) for g, (lg, t) in enumerate(parts))
+        per_item = sum(self.group_term(g, lg, t) for g, (lg, t) in enumerate(parts))
+        if weights is not None:
+            per_item = per_item * weights.to(per_item.dtype)
+        return per_item.mean()
 
 
 @LOSSES.register("ce")
@@ -73,7 +83,7 @@ class WeightedCrossEntropy(GroupedLoss):
             target = F.one_hot(target.long(), k).to(logits.dtype)
         # 1. label smoothing, as PyTorch: (1 − ε) y + ε / C;  2. Σ_b Σ_c w_c ỹ_bc (−log p_bc) / B
         smoothed = target * (1 - self.label_smoothing) + self.label_smoothing / k
-        return -(weight * smoothed * F.log_softmax(logits, 1)).sum() / len(logits)
+        return -(weight * smoothed * F.log_softmax(logits, 1)).sum(1)
 
 
 @LOSSES.register("balanced-softmax")
@@ -81,6 +91,7 @@ class BalancedSoftmax(GroupedLoss):
     """Balanced Softmax (Ren et al., NeurIPS 2020): cross-entropy on logits + log prior(class).
 
     Training against the label prior makes the plain logits estimate a class-balanced posterior at test time.
+    Soft targets take the same adjustment: cross-entropy of the adjusted logits against the soft target.
     """
 
     def __init__(self, class_counts, *, label_smoothing: float = 0.0):
@@ -91,7 +102,7 @@ class BalancedSoftmax(GroupedLoss):
 
     def group_term(self, g, logits, target):
         return F.cross_entropy(logits + getattr(self, f"log_prior_{g}"), target,
-                               label_smoothing=self.label_smoothing)
+                               label_smoothing=self.label_smoothing, reduction="none")
 
 
 def class_weights(class_counts: Sequence[np.ndarray], k: float = 1.0) -> list[torch.Tensor]:

@@ -305,6 +305,9 @@ def batch_prior(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray
                 prior: str = "auto") -> tuple[list[np.ndarray], str]:
     """The class distribution a loss corrects for, as expected images per class and epoch.
 
+    It counts the images the batches hold, however their losses are weighted: the synthetic loss weight
+    (``train.synthetic_weight``) leaves it unchanged.
+
     Args:
         prior: "auto": the distribution the strategy's batches follow; "real": the real images' counts.
 
