@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synthaug.config_hints import unknown_key_hint
 from synthaug.registry import Registry
@@ -67,12 +67,51 @@ class GeneratorConfig(BaseModel):
                 if k in self.sampling_fields and not (k in self.added_fields and v == self.added_fields[k])}
 
 
+class FeedbackConfig(BaseModel):
+    """Feedback-guided sampling (Askari-Hemmat et al., TMLR 2024): at the chosen sampling steps a classifier
+    trained on the long-tailed real data scores the predicted clean image x̂0 of each item, and x̂0 is pushed
+    along the gradient (taken w.r.t. x_t, through x̂0) that *raises* the criterion, as classifier guidance
+    (Dhariwal & Nichol, 2021) raises log p(y|x): the study's released code steps up its loss and entropy, to draw
+    the hard, informative samples a classifier learns most from. A negative ``scale`` steers the other way
+    (towards samples the classifier finds easy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a classifier folder written by synthaug's classifier training (classifier.json + model.safetensors), e.g.
+    # <run>/train/real-ce/seed0/model. It must have been trained on the training split only, never the oracle or
+    # the judge (which score the result). An arm name ("real-ce") is resolved to its folder by the runner
+    # (run_dir/train/<name>/seed<the arm's first seed>/model) before the generator sees it.
+    classifier: str
+    # what is raised: "loss" = the cross-entropy of the item's class; "entropy" = the entropy of the predicted
+    # class distribution; "hardness" = the squared Mahalanobis distance of the classifier's features from the
+    # item's class mean among the real training images (one covariance shared by all classes, shrunk towards
+    # its mean variance, so classes with 4 images have one). Unlabelled items take no loss or hardness push.
+    criterion: Literal["loss", "entropy", "hardness"] = "loss"
+    # the push on x̂0 per guided step, as a share of x̂0's pixel range [-1, 1] (root mean square over the image):
+    # each item's gradient is rescaled to unit RMS, as the study's code rescales it to the latents' norm; 0 = off
+    scale: float = 0.1
+    # the guided steps: those at [start, end) of the sampling path (fractions of sampling_steps, counted from
+    # the first, pure-noise step; a translation's skipped steps count too) ...
+    steps: tuple[float, float] = (0.0, 1.0)
+    every: int = Field(1, ge=1)  # ... and, of those, every k-th (the study's code: every 5th of 30 steps)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "FeedbackConfig":
+        start, end = self.steps
+        if not 0 <= start <= end <= 1:
+            raise ValueError(f"steps must be a range [start, end] of fractions with 0 <= start <= end <= 1, "
+                             f"but got {list(self.steps)}; e.g. [0, 0.5] guides the first half of the steps.")
+        return self
+
+
 class DDPMConfig(GeneratorConfig):
     sampling_fields: ClassVar[frozenset[str]] = frozenset({"sampler", "sampling_steps", "timestep_spacing",
-                                                            "guidance_scale", "translate_from", "strength"})
+                                                            "guidance_scale", "translate_from", "strength",
+                                                            "feedback"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "guidance_batching", "channels_last",
                                                               "enable_compile"})
-    added_fields: ClassVar[dict[str, Any]] = {"augment": "none", "translate_from": "none", "cbdm_tau": 0.0}
+    added_fields: ClassVar[dict[str, Any]] = {"augment": "none", "translate_from": "none", "cbdm_tau": 0.0,
+                                              "feedback": None}
     # --- network
     image_size: int | None = None  # None: the training images' own size (must be divisible by 2**(levels-1))
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # one entry per resolution level
@@ -140,6 +179,9 @@ class DDPMConfig(GeneratorConfig):
     channels_last: bool | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet for sampling (first batch slow while it compiles)
     checkpoint: str | None = None  # a trained model folder to sample from instead of training
+    # classifier-feedback guidance of sampling (see FeedbackConfig); None = off. Each guided step costs a backward
+    # pass through the UNet and the classifier (BENCHMARKS.md "Feedback-guided sampling cost")
+    feedback: FeedbackConfig | None = None
 
     def sampling_part(self) -> dict[str, Any]:
         part = super().sampling_part()
