@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.config import load_config
-from synthaug.experiment import Experiment
+import synthaug
 from synthaug.report.results import shot_means
 from synthaug.report.tables import collect_rows
 from synthaug.utils import read_json
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     seeds = "[0]" if args.quick else "[0, 1, 2]"
     cfg = load_config(args.config, budget + bench_overrides(args.augment, seeds, quick=args.quick) + args.overrides)
     start = time.time()
-    Experiment(cfg).run()
+    synthaug.run(cfg)
     run_dir = cfg.run_dir
     print(table(collect_rows(run_dir), oracle_row(run_dir, cfg.evaluation.seeds or cfg.seeds[:1])))
     print("\n".join(details(run_dir)))

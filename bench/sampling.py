@@ -34,7 +34,7 @@ import torch
 
 from synthaug.config import load_config
 from synthaug.data.schema import LabeledImages
-from synthaug.experiment import Experiment
+from synthaug.runner import open_run
 from synthaug.generators import create_generator
 from synthaug.plan import make_items
 from synthaug.train.loop import predict
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     judge_dir = args.run / "judge" / "model"
     if not (judge_dir / "classifier.json").is_file():
         parser.error(f"{judge_dir} has no judge; finish the run first (synthaug run {args.run / 'config.yaml'}).")
-    exp = Experiment(cfg)
+    exp = open_run(cfg)
     # sample the run's trained model as a given checkpoint, so that `precision` (a training field too) can vary
     base = {**exp.generator_config.model_dump(), "checkpoint": str(exp.dir / "generator" / "model")}
     schema = exp.splits.schema

@@ -288,18 +288,21 @@ def _config(tmp_path, root, **extra):
 def test_replaced_image_file_is_a_changed_dataset(image_tree, tmp_path, caplog):
     from noise_generator import NoiseGenerator  # noqa: F401  (registers "test-noise")
     from synthaug.config import load_config
-    from synthaug.experiment import Experiment, StageMismatch
+    from synthaug.errors import StageMismatch
+    from synthaug.runner import open_run
+    from synthaug.runner.data import data_stage
+    from synthaug.runner.generate import fit_generator
 
     root = image_tree()
     path = _config(tmp_path, root)
-    Experiment(load_config(path)).fit_generator()
+    fit_generator(open_run(load_config(path)))
     run = tmp_path / "runs" / "bad"
     first = (run / "data" / "done.json").read_text()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "dog" / "003.png")  # same name, other pixels
-    again = Experiment(load_config(path))
+    again = open_run(load_config(path))
     with pytest.raises(StageMismatch, match=r"Stage generator .* \(data changed\)"):
-        again.fit_generator()
-    again.stats()  # the data stage itself is redone, the old record kept aside
+        fit_generator(again)
+    data_stage(again)  # the data stage itself is redone, the old record kept aside
     assert (run / "data" / "done.json").read_text() != first
     assert any(p.name.startswith("data.stale-") for p in run.iterdir())
 

@@ -344,9 +344,9 @@ def _config(tmp_path, root, **data):
 
 def _experiment(tmp_path, root, seed=0, **data):
     from synthaug.config import load_config
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
 
-    return Experiment(load_config(_config(tmp_path, root, **data), [f"seed={seed}"]))
+    return open_run(load_config(_config(tmp_path, root, **data), [f"seed={seed}"]))
 
 
 def test_validation_is_carved_from_left_out_training_images(tmp_path):

@@ -11,7 +11,9 @@ from PIL import Image
 from synthaug.cli import main
 from synthaug.config import build_config
 from synthaug.errors import ConfigError
-from synthaug.experiment import Experiment
+from synthaug.runner import open_run
+from synthaug.runner.filter import filter_stage, filtered_images
+from synthaug.runner.generate import synthetic_images, synthetic_stage
 from synthaug.filters.base import lowest_per_class
 from synthaug.generators import GENERATORS, Generated, Generator, GeneratorConfig, register_generator
 from synthaug.plan import overgenerate_counts, take_per_class
@@ -87,8 +89,8 @@ def test_per_class_helpers():
 def test_near_duplicate_rejects_copies_keeps_them_on_disk_and_overgeneration_reaches_the_target(tmp_path):
     cfg = config(tmp_path, filters=[{"name": "near-duplicate"}],
                  plan={"strategy": "fixed", "counts": {"0": 3, "9": 3}, "overgenerate": 2.5})
-    exp = Experiment(cfg)
-    record = exp.filter_synthetic()
+    exp = open_run(cfg)
+    record = filter_stage(exp)
     d = decisions(exp)
     assert len(d) == 16 and record["planned"] == 16  # ceil(3 × 2.5) = 8 per class
     for item_id, rec in d.items():
@@ -101,11 +103,11 @@ def test_near_duplicate_rejects_copies_keeps_them_on_disk_and_overgeneration_rea
         else:
             assert rec["kept"] and nd["reason"] is None
     # kept: items 1, 5, 7 per class; the target of 3 is reached only thanks to over-generation
-    selected = exp.synthetic_images(filtered=True)
+    selected = filtered_images(exp)
     assert sorted(selected.ids) == sorted(f"{c}-{k:05d}" for c in "09" for k in (1, 5, 7))
     assert record["short"] == {}
     # the unfiltered arm takes the first 3 items of each class, what a plan without over-generation makes
-    assert sorted(exp.synthetic_images().ids) == sorted(f"{c}-{k:05d}" for c in "09" for k in range(3))
+    assert sorted(synthetic_images(exp).ids) == sorted(f"{c}-{k:05d}" for c in "09" for k in range(3))
     # rejected images stay on disk and in the store's manifest
     store = open_store(exp.dir / "synthetic")
     assert len(store) == 16 and all((store.root / r["file_name"]).is_file() for r in store.records())
@@ -123,8 +125,8 @@ def test_confidence_rejects_wrong_class_and_a_new_threshold_neither_regenerates_
                  generator={"name": "test-copier", "params": {"pattern": "wrong-class"}},
                  plan={"strategy": "fixed", "counts": {"0": 6, "1": 6}})
     cfg.arms[1].train.update(epochs=6, lr=0.005)
-    exp = Experiment(cfg)
-    exp.filter_synthetic()
+    exp = open_run(cfg)
+    filter_stage(exp)
     d = decisions(exp)
     wrong = [r for i, r in d.items() if int(i[-1]) % 2 == 1]
     right = [r for i, r in d.items() if int(i[-1]) % 2 == 0]
@@ -195,12 +197,12 @@ def test_clip_score_rejects_the_bottom_of_each_class_and_says_when_the_model_is_
 
     model_dir = tiny_clip(tmp_path / "clip")
     cfg = config(tmp_path, filters=[{"name": "clip-score", "model": str(model_dir), "reject_bottom_percent": 50}])
-    exp = Experiment(cfg)
-    exp.filter_synthetic()
+    exp = open_run(cfg)
+    filter_stage(exp)
     d = decisions(exp)
     # the scores are CLIP's own image–text cosine similarity to "a photo of a <class>"
     model, processor = CLIPModel.from_pretrained(model_dir), CLIPProcessor.from_pretrained(model_dir)
-    images = exp.synthetic().load(mode="L")
+    images = synthetic_stage(exp).load(mode="L")
     inputs = processor(text=["a photo of a 0", "a photo of a 9"], images=[images.image(i).convert("RGB")
                        for i in range(len(images))], return_tensors="pt", padding=True)
     with torch.no_grad():

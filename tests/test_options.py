@@ -12,7 +12,7 @@ from synthaug.cli import main
 from synthaug.config import ConfigError, build_config
 from synthaug.data import load_source
 from synthaug.data.schema import LabelSchema
-from synthaug.experiment import Experiment
+import synthaug.runner.data as data_stage_module
 from synthaug.plan import PlanItem
 from synthaug.store import SyntheticStore
 
@@ -102,10 +102,10 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     assert main(["stats", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.startswith("error: Config file")
 
-    def broken(self):
+    def broken(ctx):
         raise TypeError("an internal bug")
 
-    monkeypatch.setattr(Experiment, "stats", broken)
+    monkeypatch.setattr(data_stage_module, "data_stage", broken)
     config = tmp_path / "ok.yaml"
     config.write_text(yaml.safe_dump({"data": {"source": "digits"}, "output_dir": str(tmp_path)}))
     with pytest.raises(TypeError, match="an internal bug"):

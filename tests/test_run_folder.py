@@ -207,25 +207,25 @@ def test_wait_waits_for_the_holder(tmp_path):
 
 
 def test_lock_is_reentrant_in_one_process_and_taken_by_rank_0_alone(tmp_path):
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
+    from synthaug.runner.records import StageRecords
     from synthaug.train.distributed import Processes
 
     first, second = RunLock(tmp_path / "run"), RunLock(tmp_path / "run")
     first.acquire()
-    second.acquire()  # a second Experiment (or main() called again) in this process shares the lock
+    second.acquire()  # a second run (or main() called again) in this process shares the lock
     second.release()
     assert holder(tmp_path / "run")["pid"] == os.getpid()
     first.release()
     assert (tmp_path / "run" / ".lock").read_text() == ""
     cfg = load_config(_config(tmp_path))
-    exp = Experiment(cfg, lock=RunLock(cfg.run_dir))
-    exp.processes = Processes(index=1, count=2)  # another rank of one `accelerate launch`
-    exp.hold_lock()
-    assert not exp.lock.holding and not cfg.run_dir.exists()
-    exp.processes = Processes()
-    exp.hold_lock()
-    assert exp.lock.holding
-    exp.lock.release()
+    ctx = open_run(cfg, lock=RunLock(cfg.run_dir))
+    rank1 = StageRecords(cfg, Processes(index=1, count=2), ctx.lock)  # another rank of one `accelerate launch`
+    rank1.hold_lock()
+    assert not ctx.lock.holding and not cfg.run_dir.exists()
+    ctx.records.hold_lock()
+    assert ctx.lock.holding
+    ctx.lock.release()
 
 
 def test_stats_on_a_finished_run_needs_no_lock(tmp_path, capsys):
@@ -245,7 +245,7 @@ def test_stats_on_a_finished_run_needs_no_lock(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ 4. bounded plans
 BOUNDED = textwrap.dedent("""
     import re, resource, sys, time
-    import synthaug.cli, synthaug.experiment  # every import first: the ceiling is on what the plan allocates
+    import synthaug.cli, synthaug.runner  # every import first: the ceiling is on what the plan allocates
     from synthaug.cli import main
     vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -290,21 +290,22 @@ def tiny_sd(tmp_path_factory):
 
 
 def test_failed_pipeline_load_leaves_the_generator_stage_fresh(tiny_sd, tmp_path):
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
+    from synthaug.runner.generate import fit_generator
 
     def experiment(model):
-        return Experiment(load_config(_config(tmp_path, generator={
+        return open_run(load_config(_config(tmp_path, generator={
             "name": "sd-text2img", "params": {"model": str(model), "num_inference_steps": 2, "height": 16,
                                               "width": 16}})))
 
     run = tmp_path / "runs" / "run"
     with pytest.raises(FileNotFoundError):
-        experiment(tmp_path / "no-such-pipeline").fit_generator()
+        fit_generator(experiment(tmp_path / "no-such-pipeline"))
     assert not (run / "generator").exists() and (run / "data" / "done.json").is_file()
     # a folder left by an attempt before this fix is no obstacle either
     (run / "generator").mkdir()
     (run / "generator" / "started.json").write_text(json.dumps({"fingerprint": "0" * 16, "parts": {}}))
-    experiment(tiny_sd).fit_generator()  # the right path: accepted
+    fit_generator(experiment(tiny_sd))  # the right path: accepted
     assert json.loads((run / "generator" / "done.json").read_text())["generator"] == "sd-text2img"
 
 

@@ -138,30 +138,31 @@ def test_image_cache_is_a_performance_setting(tmp_path):
 def test_recorded_splits_are_read_back_without_decoding_images(image_tree, tmp_path, monkeypatch):
     from synthaug.config import build_config
     from synthaug.data import sources
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
+    from synthaug.runner.data import data_stage
 
     root = image_tree()
     (root / "owl" / "005.png").write_bytes(b"not a png")  # a bad image, skipped
     cfg = build_config({"name": "folder", "output_dir": str(tmp_path / "runs"), "progress": False,
                         "data": {"source": "imagefolder", "root": str(root), "on_bad_image": "skip",
                                  "test_per_class": 2, "val_per_class": 1}})
-    first = Experiment(cfg)
-    first.stats()
+    first = open_run(cfg)
+    data_stage(first)
     decoded = []
     check = sources.decode_problem
     monkeypatch.setattr(sources, "decode_problem", lambda path, mode: decoded.append(path) or check(path, mode))
-    again = Experiment(cfg)
+    again = open_run(cfg)
     for split in ("train", "val", "test"):
         assert getattr(again.splits, split).ids == getattr(first.splits, split).ids
         assert (getattr(again.splits, split).labels == getattr(first.splits, split).labels).all()
     assert decoded == [] and len(again.splits.train.skipped) == 1 and "005.png" in again.splits.train.skipped[0]
-    again.stats()  # the data stage is still done with the same fingerprint
+    data_stage(again)  # the data stage is still done with the same fingerprint
     assert again.data_fp == first.data_fp
     assert len(again.balanced_pool) == len(first.balanced_pool) and decoded  # the pool is checked when used
 
     (root / "cat" / "000.png").unlink()  # a recorded image is gone: the source is loaded and checked again
     decoded.clear()
-    third = Experiment(cfg)
+    third = open_run(cfg)
     assert "cat/000.png" not in third.splits.train.ids + third.splits.val.ids + third.splits.test.ids and decoded
 
 

@@ -9,7 +9,9 @@ import yaml
 
 from synthaug.cli import main
 from synthaug.config import build_config
-from synthaug.experiment import Experiment, StageMismatch
+from synthaug.errors import StageMismatch
+from synthaug.runner import open_run
+from synthaug.runner.generate import fit_generator, synthetic_images, synthetic_stage
 
 TINY = {
     "name": "records",
@@ -29,7 +31,7 @@ TINY = {
 
 
 def experiment(tmp_path, *overrides):
-    return Experiment(build_config({**TINY, "output_dir": str(tmp_path)}, list(overrides)))
+    return open_run(build_config({**TINY, "output_dir": str(tmp_path)}, list(overrides)))
 
 
 def record(run, rel):
@@ -39,13 +41,13 @@ def record(run, rel):
 @pytest.mark.slow
 def test_sampling_change_regenerates_the_set_but_keeps_the_model(tmp_path):
     exp = experiment(tmp_path)
-    exp.synthetic()
+    synthetic_stage(exp)
     run = exp.dir
     model_mtime = (run / "generator" / "model" / "unet" / "config.json").stat().st_mtime
     generator_record = record(run, "generator")
 
     changed = experiment(tmp_path, "generator.params.guidance_scale=3.0")
-    store = changed.synthetic()
+    store = synthetic_stage(changed)
     assert record(run, "generator") == generator_record  # the model was not retrained ...
     assert (run / "generator" / "model" / "unet" / "config.json").stat().st_mtime == model_mtime
     assert record(run, "synthetic")["generated_now"] == 8  # ... but every image was made again
@@ -55,19 +57,19 @@ def test_sampling_change_regenerates_the_set_but_keeps_the_model(tmp_path):
 
     # a sampling-only change leaves the generator stage alone; a training change is named in the error
     with pytest.raises(StageMismatch, match="generator changed"):
-        experiment(tmp_path, "generator.params.train_steps=3").fit_generator()
+        fit_generator(experiment(tmp_path, "generator.params.train_steps=3"))
 
 
 @pytest.mark.slow
 def test_growing_plan_reuses_generated_images(tmp_path):
-    experiment(tmp_path).synthetic()
+    synthetic_stage(experiment(tmp_path))
     grown = experiment(tmp_path, "plan.counts={'8': 6, '9': 4}")
-    grown.synthetic()
+    synthetic_stage(grown)
     assert record(grown.dir, "synthetic")["generated_now"] == 2
-    assert len(grown.synthetic_images()) == 10
+    assert len(synthetic_images(grown)) == 10
     # a smaller plan trains on its own items only, though the store keeps the others
     shrunk = experiment(tmp_path, "plan.counts={'8': 2, '9': 4}")
-    assert len(shrunk.synthetic_images()) == 6
+    assert len(synthetic_images(shrunk)) == 6
 
 
 @pytest.mark.slow
@@ -91,11 +93,11 @@ def test_reporting_and_performance_knobs_invalidate_nothing(tmp_path, capsys):
 @pytest.mark.slow
 def test_changed_data_is_noticed_and_a_rejected_run_keeps_its_config(tmp_path):
     exp = experiment(tmp_path)
-    exp.fit_generator()
+    fit_generator(exp)
     saved = (exp.dir / "config.yaml").read_text()
     other = experiment(tmp_path, "data.longtail.imbalance_ratio=10")  # other images in the training split
     with pytest.raises(StageMismatch, match="data changed"):
-        other.fit_generator()
+        fit_generator(other)
     assert (exp.dir / "config.yaml").read_text() == saved
 
 

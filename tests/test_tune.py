@@ -13,11 +13,12 @@ from optuna.trial import TrialState
 import synthaug.tuning.objective as objective_module
 from synthaug.config import build_config
 from synthaug.errors import ConfigError, SettingError
-from synthaug.experiment import Experiment
+from synthaug.runner import open_run
+from synthaug.runner.tune import tune_context, tune_stage
 from synthaug.generators import GENERATORS, Generated, Generator, GeneratorConfig, register_generator
 from synthaug.report.tables import collect_rows
-from synthaug.tuning.objective import TuneContext, per_class_subset
-from synthaug.tuning.run import storage_url, tune_experiment
+from synthaug.tuning.objective import per_class_subset
+from synthaug.tuning.run import storage_url
 from synthaug.utils import read_json
 
 
@@ -43,8 +44,8 @@ def tiny(tmp_path, tune: dict, **top) -> dict:
 
 def run(raw, *, retrain=False):
     cfg = build_config(raw)
-    exp = Experiment(cfg)
-    return exp, tune_experiment(exp, cfg.tune, storage_url=storage_url(cfg.tune, exp.dir), study_name="s",
+    exp = open_run(cfg)
+    return exp, tune_stage(exp, cfg.tune, storage_url=storage_url(cfg.tune, exp.dir), study_name="s",
                                 n_trials=cfg.tune.n_trials, retrain=retrain)
 
 
@@ -90,7 +91,7 @@ def test_last_k_and_order_are_checked():
 def test_synthetic_knobs_need_a_synthetic_arm(tmp_path):
     raw = tiny(tmp_path, {"space": {"synthetic.per_class": {"type": "int", "low": 1, "high": 5}}})
     with pytest.raises(SettingError, match="synthetic: none"):
-        TuneContext(Experiment(build_config(raw)), build_config(raw).tune)
+        tune_context(open_run(build_config(raw)), build_config(raw).tune)
 
 
 # ------------------------------------------------------------------------------------------ pruning + retrain
@@ -212,7 +213,7 @@ def test_synthetic_sets_are_generated_once_and_subsampled_per_class(tmp_path, mo
                arms=[{"name": "synth", "synthetic": "generated", "train": {"mixing": "rsp"}}])
     ShadeGenerator.calls = 0
     exp, _ = run(raw)
-    planned = len(exp.plan_items())
+    planned = len(exp.plan_items)
     assert ShadeGenerator.calls == 2 * planned  # each set once, before the trials
     run({**raw, "tune": {**raw["tune"], "n_trials": 8}})
     assert ShadeGenerator.calls == 2 * planned  # a resumed search reuses both sets
@@ -227,7 +228,7 @@ def test_synthetic_sets_are_generated_once_and_subsampled_per_class(tmp_path, mo
 
 def test_per_class_subset_is_nested():
     cfg = build_config({"data": {"source": "digits"}})
-    images = Experiment(cfg).splits.train
+    images = open_run(cfg).splits.train
     small, large = per_class_subset(images, 3, 0), per_class_subset(images, 7, 0)
     assert small.class_counts().tolist() == [3] * 10 and large.class_counts().max() == 7
     assert set(small.ids) <= set(large.ids)

@@ -1,4 +1,5 @@
-"""The ``synthaug`` command: one sub-command per stage, ``run`` for a whole experiment, and ``demo``."""
+"""The ``synthaug`` command: one sub-command per stage, ``run`` for a whole experiment, and ``demo``; a thin layer
+over the runner (:mod:`synthaug.runner`) that parses arguments, takes the run folder's lock and prints."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def _load(args) -> ExperimentConfig:
 READ_FIRST = {"stats"}
 
 
-def _experiment(args):
-    """The experiment of the command's config, holding the run folder's write lock for the whole command (see
+def _open(args):
+    """The run context of the command's config, holding the run folder's write lock for the whole command (see
     :mod:`synthaug.runlock`): from the start when the run folder exists (so a second writer is refused before it
     loads anything), else from its first write."""
     from synthaug.runlock import RunLock, check_folder_path
@@ -64,98 +65,109 @@ def _experiment(args):
     # rank 0 of an `accelerate launch` (RANK, as torchrun sets it) or a plain process: refused before torch loads
     if getattr(args, "command", None) not in READ_FIRST and cfg.run_dir.is_dir() and os.environ.get("RANK", "0") == "0":
         lock.acquire()
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
 
-    return Experiment(cfg, lock=lock)  # takes the lock (rank 0 alone) before its first write
+    return open_run(cfg, lock=lock)  # takes the lock (rank 0 alone) before its first write
 
 
 def cmd_stats(args) -> None:
-    exp = _experiment(args)
-    exp.plan_items()  # a plan that cannot work (an unknown class, ...) is named before anything is written
-    stats = exp.stats()
-    print(stats.format())
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
     from synthaug.data.longtail import official_train_indices, training_subset_sha256
+    from synthaug.runner.data import data_stage
 
-    indices = official_train_indices(exp.splits.train.ids)  # sources with official training indices (CIFAR)
+    ctx.plan_items  # noqa: B018  (a plan that cannot work, an unknown class, ..., is named before anything is written)
+    print(data_stage(ctx).format())
+    indices = official_train_indices(ctx.splits.train.ids)  # sources with official training indices (CIFAR)
     if indices is not None:
         print(f"training subset sha256: {training_subset_sha256(indices)}")
-    print(f"\nBar chart: {exp.dir / 'data' / 'class_counts.png'}")
-    if exp.splits.train.skipped:
-        print(f"Skipped {len(exp.splits.train.skipped)} bad image(s):")
-        for s in exp.splits.train.skipped:
+    print(f"\nBar chart: {ctx.dir / 'data' / 'class_counts.png'}")
+    if ctx.splits.train.skipped:
+        print(f"Skipped {len(ctx.splits.train.skipped)} bad image(s):")
+        for s in ctx.splits.train.skipped:
             print(f"  {s}")
 
 
 def cmd_generate(args) -> None:
-    exp = _experiment(args)
-    exp.preflight([], generator=True)
-    store = exp.synthetic()
-    if exp.is_main:  # under accelerate launch: one line, not one per process
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
+    from synthaug.runner import preflight
+    from synthaug.runner.generate import synthetic_stage
+
+    preflight(ctx, [], generator=True)
+    store = synthetic_stage(ctx)
+    if ctx.is_main:  # under accelerate launch: one line, not one per process
         print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
 
 
 def cmd_filter(args) -> None:
-    from synthaug.filters.stage import format_summary
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
+    from synthaug.filters.decisions import format_summary
+    from synthaug.runner.filter import filter_stage
     from synthaug.utils import read_json
 
-    exp = _experiment(args)
-    record = exp.filter_synthetic()
-    print(format_summary(record, read_json(exp.dir / "filter" / "summary.json")["classes"]))
-    print(f"Decisions per image: {exp.dir / 'filter' / 'decisions.jsonl'}")
+    record = filter_stage(ctx)
+    print(format_summary(record, read_json(ctx.dir / "filter" / "summary.json")["classes"]))
+    print(f"Decisions per image: {ctx.dir / 'filter' / 'decisions.jsonl'}")
 
 
-def _selected_arms(exp, names):
-    known = [a.name for a in exp.cfg.arms]
+def _selected_arms(cfg: ExperimentConfig, names):
+    known = [a.name for a in cfg.arms]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"Unknown arm(s) {unknown}; arms in this config: {known}")
-    return [a for a in exp.cfg.arms if not names or a.name in names]
+    return [a for a in cfg.arms if not names or a.name in names]
 
 
 def cmd_train(args) -> None:
-    exp = _experiment(args)
-    arms = _selected_arms(exp, args.arm)
-    exp.preflight(arms)  # every arm and seed checked before the first one trains
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
+    from synthaug.runner import preflight
+    from synthaug.runner.arms import train_arm
+
+    arms = _selected_arms(ctx.cfg, args.arm)
+    preflight(ctx, arms)  # every arm and seed checked before the first one trains
     for arm in arms:
-        for seed in exp.cfg.seeds:
-            done = exp.train_arm(arm, seed)
-            if exp.processes.is_main:  # under `accelerate launch`, one line per arm, not per process
-                print(f"{arm.name} seed {seed}: test accuracy {100 * done['accuracy']:.1f}%  ({exp.dir / done['folder']})")
+        for seed in ctx.cfg.seeds:
+            done = train_arm(ctx, arm, seed)
+            if ctx.is_main:  # under `accelerate launch`, one line per arm, not per process
+                print(f"{arm.name} seed {seed}: test accuracy {100 * done['accuracy']:.1f}%  ({ctx.dir / done['folder']})")
 
 
 def cmd_evaluate(args) -> None:
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
     from synthaug.report.tables import build_report
+    from synthaug.runner.data import data_stage
+    from synthaug.runner.train import evaluate_arms
 
-    exp = _experiment(args)
-    exp.stats()
-    exp.evaluate()
-    print(build_report(exp.dir)["markdown"])
+    data_stage(ctx)
+    evaluate_arms(ctx)
+    print(build_report(ctx.dir)["markdown"])
 
 
 def cmd_run(args) -> None:
-    exp = _experiment(args)
+    ctx = _open(args)  # the config is validated before the runner (and torch) is imported
+    from synthaug.runner import run_stages
+
     names = set(args.arm)
     if names:
-        _selected_arms(exp, list(names))
-    report = exp.run(only=(lambda a: a.name in names) if names else None)
+        _selected_arms(ctx.cfg, list(names))
+    report = run_stages(ctx, only=(lambda a: a.name in names) if names else None)
     if report is None:  # a process other than the main one under `accelerate launch`
         return
     print()
     print(report["markdown"])
-    print(f"Run folder: {exp.dir}  (report: {exp.dir / 'report' / 'results.md'})")
+    print(f"Run folder: {ctx.dir}  (report: {ctx.dir / 'report' / 'results.md'})")
 
 
 def cmd_model_summary(args) -> None:
     """Parameter counts per arm. Works from the classes declared in the config (``data.classes`` or
     ``data.classes_file``) without the dataset on disk and without pretrained weights."""
     cfg = _load(args)  # validated before torch is imported
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
     from synthaug.train import create_classifier, parameter_counts
 
-    exp = Experiment(cfg)  # writes nothing: no lock
-    schema, channels, size = exp.model_inputs()
-    for arm in _selected_arms(exp, args.arm):
-        tcfg = exp.cfg.arm_train(arm)
+    ctx = open_run(cfg)  # writes nothing: no lock
+    schema, channels, size = ctx.model_inputs()
+    for arm in _selected_arms(cfg, args.arm):
+        tcfg = cfg.arm_train(arm)
         model_cfg = tcfg.model.model_copy(update={"pretrained": False})  # counts need no weights
         model = create_classifier(model_cfg, schema, channels)
         trainable, total = parameter_counts(model)

@@ -132,7 +132,7 @@ class RunLock:
             return
         _make_folder(self.folder)
         key = self._key()
-        if key in self._held:  # this process holds it (another Experiment, or main() called twice)
+        if key in self._held:  # this process holds it (another run context, or main() called twice)
             fd, users = self._held[key]
             self._held[key] = (fd, users + 1)
             self.holding = True

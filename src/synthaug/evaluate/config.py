@@ -86,7 +86,7 @@ class FewShotConfig(_Strict):
 
 
 # the evaluation studies, in the order `synthaug run` and `synthaug study` run them (one folder each under
-# evaluation/); the study functions are keyed by these names in synthaug.evaluate.stages.STUDIES
+# evaluation/); the study functions are keyed by these names in synthaug.runner.studies.STUDIES
 STUDY_NAMES: tuple[str, ...] = ("samples", "fidelity", "cas", "oracle", "replacement", "targeted", "few_shot")
 
 

@@ -3,7 +3,8 @@
 Registered by name (:data:`FILTERS`): ``confidence`` (a real-only classifier trained on the training split),
 ``clip-score`` (CLIP image–text similarity to the class prompt) and ``near-duplicate`` (memorised copies of
 real images, repeats of synthetic ones). Configs live in :mod:`synthaug.filters.config` (no torch); the
-experiment stage in :mod:`synthaug.filters.stage`.
+decisions files in :mod:`synthaug.filters.decisions`; the
+run stage that scores and decides in :mod:`synthaug.runner.filter` (filters never import the runner).
 """
 
 from synthaug.filters.config import FILTERS

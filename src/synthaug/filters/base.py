@@ -1,22 +1,54 @@
 """What every filter is: a scorer (slow: a classifier, CLIP, nearest neighbours) and a decision on the cached
 scores (fast: thresholds), so a new threshold re-decides without rescoring or regenerating.
 
-A filter scores the synthetic images in plan order and returns named score arrays; :meth:`Filter.decide`
-turns them into a keep mask, one headline score per image and a reason per rejected image.
+A filter is handed what it scores with, never the run: the synthetic images (plan order) and a
+:class:`ScoringInputs` holding the inputs it declares in :attr:`Filter.needs` (a scoring classifier's model
+folder, a feature extractor, the real training images), resolved by the caller beforehand (the runner's filter
+stage trains a scoring classifier through the train stage when it needs one). :meth:`Filter.score` returns
+named score arrays; :meth:`Filter.decide` turns them into a keep mask, one headline score per image and a
+reason per rejected image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from synthaug.data.schema import LabeledImages
+from synthaug.errors import SettingError
 from synthaug.filters.config import FILTERS, FilterConfig
 
-if TYPE_CHECKING:
-    from synthaug.experiment import Experiment
+# what a filter may ask for (Filter.needs)
+INPUTS = ("classifier", "real", "features")
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What a filter scores with, resolved before scoring.
+
+    Attributes:
+        device: the torch device to score on.
+        classifier: the model folder of a trained classifier (``classifier.json`` + weights), for filters that
+            need ``"classifier"``.
+        real: the real training images, for filters that need ``"real"``.
+        features: a feature extractor (images → a float tensor of one row per image), for filters that need
+            ``"features"``.
+    """
+
+    device: Any = "cpu"
+    classifier: Path | None = None
+    real: LabeledImages | None = None
+    features: Callable[[LabeledImages], Any] | None = None
+
+    def require(self, needs: frozenset[str], name: str) -> None:
+        """Raises a :class:`SettingError` naming each input of ``needs`` that is missing."""
+        missing = [n for n in INPUTS if n in needs and getattr(self, n) is None]
+        if missing:
+            raise SettingError(f"filter {name} scores with {', '.join(missing)}, which the caller did not give; pass "
+                               f"them in ScoringInputs({', '.join(f'{m}=...' for m in missing)}).")
 
 
 @dataclass
@@ -36,19 +68,21 @@ class Decision:
 
 
 class Filter:
-    """Base of every filter; subclasses set ``name`` and implement :meth:`score` and :meth:`decide`."""
+    """Base of every filter; subclasses set ``name`` and ``needs`` and implement :meth:`score` and
+    :meth:`decide`."""
 
     name: str = ""
+    needs: ClassVar[frozenset[str]] = frozenset()  # of INPUTS: what score() reads from its ScoringInputs
 
     def __init__(self, config: FilterConfig):
         self.config = config
 
-    def scoring_inputs(self, exp: Experiment) -> dict[str, Any]:
-        """Fingerprint parts of what the scores depend on beyond the synthetic set and the config's scoring
-        fields (a classifier, a feature extractor); computed without training anything."""
-        return {}
+    @property
+    def classifier_arm(self) -> str | None:
+        """The arm whose classifier the filter scores with (filters that need ``"classifier"``)."""
+        return None
 
-    def score(self, exp: Experiment, images: LabeledImages, *, progress: bool = False) -> dict[str, np.ndarray]:
+    def score(self, images: LabeledImages, inputs: ScoringInputs, *, progress: bool = False) -> dict[str, np.ndarray]:
         """Named score arrays, one value per image of ``images`` (plan order)."""
         raise NotImplementedError
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.errors import MissingFileError
-from synthaug.filters.base import Decision, Filter, lowest_per_class
+from synthaug.filters.base import Decision, Filter, ScoringInputs, lowest_per_class
 from synthaug.filters.config import FILTERS, ClipScoreFilterConfig
 
 BATCH = 64
@@ -69,10 +69,10 @@ class ClipScoreFilter(Filter):
     name = "clip-score"
     config: ClipScoreFilterConfig
 
-    def score(self, exp, images: LabeledImages, *, progress: bool = False) -> dict[str, np.ndarray]:
+    def score(self, images: LabeledImages, inputs: ScoringInputs, *, progress: bool = False) -> dict[str, np.ndarray]:
         model, processor = load_clip(self.config.model)
         texts = prompts(self.config.prompt, images.schema.groups[0].classes)
-        return {"similarity": clip_scores(model, processor, images, texts, device=exp.device, progress=progress)}
+        return {"similarity": clip_scores(model, processor, images, texts, device=inputs.device, progress=progress)}
 
     def decide(self, scores: dict[str, np.ndarray], classes: np.ndarray, class_names: Sequence[str]) -> Decision:
         s, q = scores["similarity"], self.config.reject_bottom_percent

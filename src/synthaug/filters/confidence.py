@@ -1,6 +1,7 @@
 """``confidence``: keep synthetic images whose intended class a real-only classifier believes.
 
-The classifier is a real-only arm of the experiment (``classifier_arm``, by default ``oversample``), trained on
+The classifier (handed to the filter as a model folder) is a real-only arm of the experiment (``classifier_arm``,
+by default ``oversample``), trained by the runner's filter stage on
 the long-tailed *training split* alone: never on the validation or test split nor on the balanced pool the
 judge and the oracle use. A class-balanced one by default: a cross-entropy classifier trained on long-tailed
 data gives the tail classes low probabilities and would reject most tail images, the ones that matter. Of the
@@ -11,13 +12,14 @@ arms worse than the unfiltered ones; the oversampled one kept 502 and made them 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from synthaug.data.schema import LabeledImages
-from synthaug.filters.base import Decision, Filter, lowest_per_class
+from synthaug.filters.base import Decision, Filter, ScoringInputs, lowest_per_class
 from synthaug.filters.config import FILTERS, ConfidenceFilterConfig
 from synthaug.utils import read_json
 
@@ -27,22 +29,20 @@ class ConfidenceFilter(Filter):
     name = "confidence"
     config: ConfidenceFilterConfig
 
-    def _arm(self, exp):
-        return exp.cfg.arm(self.config.classifier_arm), exp.cfg.seeds[0]
+    needs = frozenset({"classifier"})
 
-    def scoring_inputs(self, exp) -> dict:
-        arm, seed = self._arm(exp)
-        return {"classifier": exp._arm_fp(arm, seed)}
+    @property
+    def classifier_arm(self) -> str:
+        return self.config.classifier_arm
 
-    def score(self, exp, images: LabeledImages, *, progress: bool = False) -> dict[str, np.ndarray]:
+    def score(self, images: LabeledImages, inputs: ScoringInputs, *, progress: bool = False) -> dict[str, np.ndarray]:
         from synthaug.train import load_classifier, predict
 
-        arm, seed = self._arm(exp)
-        folder = exp.dir / exp.train_arm(arm, seed)["folder"] / "model"
-        model, _ = load_classifier(folder, exp.device)
-        size = read_json(folder / "classifier.json")["image_size"]
+        inputs.require(self.needs, self.name)
+        model, _ = load_classifier(inputs.classifier, inputs.device)
+        size = read_json(Path(inputs.classifier) / "classifier.json")["image_size"]
         groups = images.schema.group_sizes
-        logits = predict(model, images, size, device=exp.device)[:, :groups[0]]
+        logits = predict(model, images, size, device=inputs.device)[:, :groups[0]]
         probs = torch.softmax(logits, dim=1).numpy()
         intended = images.labels[:, 0]
         return {"probability": probs[np.arange(len(images)), intended], "predicted": probs.argmax(1).astype(np.float64)}

@@ -3,7 +3,9 @@
 Distances as in the memorisation check (:mod:`synthaug.evaluate.memorisation`, whose nearest-neighbour code
 this uses): RMS pixel distance (images in [0, 1]) and feature distance divided by the class's typical
 real-to-real nearest-neighbour distance, both to the nearest real training image *of the same class*, and to
-the nearest *earlier* synthetic image of the same class in plan order (so the first of a group is kept).
+the nearest *earlier* synthetic image of the same class in plan order (so the first of a group is kept). The
+real training images and the feature extractor (the fidelity one: by default the baseline arm's classifier) are
+handed to the filter in its :class:`~synthaug.filters.base.ScoringInputs`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from synthaug.data.schema import LabeledImages
-from synthaug.filters.base import Decision, Filter
+from synthaug.filters.base import Decision, Filter, ScoringInputs
 from synthaug.filters.config import FILTERS, NearDuplicateFilterConfig
 
 CHUNK = 1024
@@ -40,24 +42,15 @@ class NearDuplicateFilter(Filter):
     name = "near-duplicate"
     config: NearDuplicateFilterConfig
 
-    def scoring_inputs(self, exp) -> dict:
-        """The data and the feature extractor: the fidelity one (the baseline arm's classifier by default)."""
-        fc = exp.cfg.evaluation.fidelity
-        source = fc.extractor_source
-        if fc.extractor == "classifier" and source is None:
-            from synthaug.evaluate.stages import baseline_arm, study_seeds
+    needs = frozenset({"real", "features"})
 
-            source = exp._arm_fp(baseline_arm(exp), study_seeds(exp)[0])
-        return {"data": exp.data_fp, "extractor": [fc.extractor, source]}
-
-    def score(self, exp, images: LabeledImages, *, progress: bool = False) -> dict[str, np.ndarray]:
+    def score(self, images: LabeledImages, inputs: ScoringInputs, *, progress: bool = False) -> dict[str, np.ndarray]:
         from synthaug.evaluate.memorisation import nearest_same_class, real_spacing
-        from synthaug.evaluate.stages import _extractor
         from synthaug.imaging import load_tensor
         from synthaug.train.loop import image_size_of
 
-        train = exp.splits.train
-        extractor, _ = _extractor(exp)
+        inputs.require(self.needs, self.name)
+        train, extractor = inputs.real, inputs.features
         f_real, f_synth = extractor(train), extractor(images)
         size = image_size_of(train)
         p_real = load_tensor(train, size=size, progress=progress, desc="near-duplicate: real").flatten(1)

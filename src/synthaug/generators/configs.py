@@ -41,7 +41,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 class GeneratorConfig(BaseModel):
     """Base of every generator config: unknown keys are errors.
 
-    Fields have one of three roles, which decide what a change invalidates (see ``synthaug.experiment``):
+    Fields have one of three roles, which decide what a change invalidates (see ``synthaug.runner.context``):
     *training* fields (the default) make the model: changing one retrains it; *sampling* fields
     (``sampling_fields``) only change the images drawn from it: changing one regenerates the synthetic set
     but keeps the model; *performance* fields (``performance_fields``) change neither weights nor images.

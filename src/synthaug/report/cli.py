@@ -1,6 +1,7 @@
 """``synthaug report RUN_DIR`` (the HTML report of a finished run folder), ``synthaug evaluate-fidelity CONFIG``
 (FID/KID/precision-recall and the memorisation check) and ``synthaug study CONFIG --study NAME`` (CAS, oracle,
-replacement, targeted classes). Heavy imports stay inside the command functions."""
+replacement, targeted classes): a command-line layer over :mod:`synthaug.runner.studies` and
+:mod:`synthaug.report`. Heavy imports stay inside the command functions."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from synthaug.errors import MissingFileError
 from synthaug.evaluate.config import STUDY_NAMES
 
 
-def _experiment(args):
+def _open(args):
     from synthaug.config import load_config
-    from synthaug.experiment import Experiment
+    from synthaug.runner import open_run
 
-    return Experiment(load_config(args.config, args.overrides))
+    return open_run(load_config(args.config, args.overrides))
 
 
 def cmd_report(args) -> None:
@@ -31,19 +32,20 @@ def cmd_report(args) -> None:
     print(f"Report: {path}")
 
 
-def _print_status(exp, status: dict[str, str]) -> None:
+def _print_status(run_dir: Path, status: dict[str, str]) -> None:
     for study, state in status.items():
-        print(f"{study}: {state}  ({exp.dir / 'evaluation' / study})")
+        print(f"{study}: {state}  ({run_dir / 'evaluation' / study})")
 
 
 def cmd_evaluate_fidelity(args) -> None:
-    from synthaug.evaluate.stages import run_evaluation
+    from synthaug.runner.data import data_stage
+    from synthaug.runner.studies import studies_stage
     from synthaug.utils import read_json
 
-    exp = _experiment(args)
-    exp.stats()
-    _print_status(exp, run_evaluation(exp, ["samples", "fidelity"]))
-    done = exp.dir / "evaluation" / "fidelity" / exp.cfg.evaluation.fidelity.extractor / "done.json"
+    ctx = _open(args)
+    data_stage(ctx)
+    _print_status(ctx.dir, studies_stage(ctx, ["samples", "fidelity"]))
+    done = ctx.dir / "evaluation" / "fidelity" / ctx.cfg.evaluation.fidelity.extractor / "done.json"
     if done.is_file():
         d = read_json(done)
         print(f"[{d['extractor']}] synthetic vs real test: FID {d['fid']:.3f}, KID {d['kid']:.4f}; near-copies of "
@@ -51,11 +53,12 @@ def cmd_evaluate_fidelity(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from synthaug.evaluate.stages import run_evaluation
+    from synthaug.runner.data import data_stage
+    from synthaug.runner.studies import studies_stage
 
-    exp = _experiment(args)
-    exp.stats()
-    _print_status(exp, run_evaluation(exp, args.study or None))
+    ctx = _open(args)
+    data_stage(ctx)
+    _print_status(ctx.dir, studies_stage(ctx, args.study or None))
 
 
 def add_parser(subparsers) -> None:

@@ -1,5 +1,6 @@
 """``synthaug tune CONFIG``: Optuna search over the ``tune:`` section, then retrain-best (heavy imports stay in
-the command function, so ``synthaug --help`` imports neither torch nor optuna)."""
+the command function, so ``synthaug --help`` imports neither torch nor optuna). A command-line layer over
+:func:`synthaug.runner.tune.tune_stage`."""
 
 from __future__ import annotations
 
@@ -68,15 +69,16 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines say what happens
-    from synthaug.experiment import Experiment
-    from synthaug.tuning.run import storage_url, tune_experiment, _redact
+    from synthaug.runner import open_run
+    from synthaug.runner.tune import tune_stage
+    from synthaug.tuning.run import redact, storage_url
 
-    exp = Experiment(cfg)
-    url = storage_url(tune, exp.dir)
+    ctx = open_run(cfg)
+    url = storage_url(tune, ctx.dir)
     study = tune.study or cfg.name
-    print(f"[tune] study {study!r} on {_redact(url) if url else 'memory'}; worker pid {os.getpid()}, "
+    print(f"[tune] study {study!r} on {redact(url) if url else 'memory'}; worker pid {os.getpid()}, "
           f"{threads} torch thread(s)", flush=True)
-    result = tune_experiment(exp, tune, storage_url=url, study_name=study, n_trials=tune.n_trials,
+    result = tune_stage(ctx, tune, storage_url=url, study_name=study, n_trials=tune.n_trials,
                              retrain=not args.no_retrain)
     print(f"Best {tune.objective}: {result.best_value:.4f} (trial {result.best_trial} of {', '.join(result.studies)})")
     print("Best parameters:")
@@ -89,4 +91,4 @@ def cmd_tune(args: argparse.Namespace) -> None:
         accs = [100 * a for a in r["test_accuracy"].values()]
         mean = sum(accs) / len(accs)
         print(f"Retrained {r['arm']} for {r['epochs']} epochs: test accuracy {mean:.2f}% "
-              f"(seeds {r['seeds']}: {', '.join(f'{a:.2f}%' for a in accs)})  ({exp.dir / 'train' / r['arm']})")
+              f"(seeds {r['seeds']}: {', '.join(f'{a:.2f}%' for a in accs)})  ({ctx.dir / 'train' / r['arm']})")

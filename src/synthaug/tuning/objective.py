@@ -1,8 +1,8 @@
 """One Optuna trial = one training run of the tuned arm with the trial's parameters.
 
-:class:`TuneContext` holds what every trial of a worker shares: the experiment (its data splits), the tuned
-arm's training section, and the synthetic sets, each generated once through the runner's own stages and
-loaded once. :class:`TrialObjective` suggests the parameters, trains (reporting each epoch's validation
+:class:`TuneContext` holds what every trial of a worker shares: the training and validation splits, the
+tuned arm's training section, and the synthetic sets (made once by the ``make_sets`` it is handed: the runner's
+own stages, see :mod:`synthaug.runner.tune`) and loaded once. It never sees the run itself. :class:`TrialObjective` suggests the parameters, trains (reporting each epoch's validation
 metric for pruning) and returns the objective: the mean of the last k validation losses (the DeepFashion
 study's) or the best validation accuracy.
 """
@@ -26,11 +26,9 @@ import optuna
 import torch
 from pydantic import ValidationError
 
-from synthaug.config import ArmConfig, GeneratorSection, fingerprint
+from synthaug.config import ArmConfig, ExperimentConfig
 from synthaug.data.schema import LabeledImages
 from synthaug.errors import SettingError
-from synthaug.experiment import Experiment
-from synthaug.generators import generator_config
 from synthaug.train import checkpoint
 from synthaug.train.config import REAL_ONLY, TrainConfig
 from synthaug.tuning.config import MAIN_SET, ParamSpec, TuneConfig
@@ -117,11 +115,26 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class TuneContext:
-    """The tuned arm of an experiment, its data and synthetic sets, shared by all trials of a worker."""
+SetMaker = Callable[[list[str]], dict[str, tuple[LabeledImages, Any]]]
 
-    def __init__(self, exp: Experiment, tune: TuneConfig):
-        self.exp, self.tune, cfg = exp, tune, exp.cfg
+
+class TuneContext:
+    """The tuned arm of an experiment, its data and synthetic sets, shared by all trials of a worker.
+
+    Args:
+        cfg: the experiment config (the arms, the tuned arm's training settings, the seeds).
+        tune: the ``tune:`` section (with command-line changes).
+        real, val: the training and validation splits trials train and score on.
+        device: the torch device trials train on.
+        run_dir: the run folder (trials under ``tune/trials``, a lock file for the sets).
+        make_sets: makes the synthetic sets trials may train on (generated once; a no-op when done), by name:
+            ``{name: (images, what identifies them)}``. The runner passes its own (synthaug.runner.tune).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, tune: TuneConfig, *, real: LabeledImages, val: LabeledImages,
+                 device: torch.device, run_dir: Path, make_sets: SetMaker | None = None):
+        self.cfg, self.tune, self.real, self.val, self.device, self.run_dir = cfg, tune, real, val, device, run_dir
+        self.make_sets = make_sets
         names = [a.name for a in cfg.arms]
         if tune.arm is not None and tune.arm not in names:
             raise SettingError(f"tune.arm {tune.arm!r} is not an arm of this config; arms: {names}")
@@ -132,8 +145,7 @@ class TuneContext:
                                "tune.tuned_arm to another folder name")
         self.base = cfg.arm_train(self.arm).model_dump(exclude_unset=True)
         self._check_synthetic_knobs()
-        self._sets: dict[str, LabeledImages] = {}
-        self._set_fps: dict[str, str] = {}
+        self._sets: dict[str, tuple[LabeledImages, Any]] = {}
 
     # ------------------------------------------------------------------------------------------ checks
     def _check_synthetic_knobs(self) -> None:
@@ -147,7 +159,7 @@ class TuneContext:
         if "synthetic.set" in space and arm.synthetic != "generated":
             raise SettingError(f"tune.space.synthetic.set chooses among generated sets, but arm {arm.name!r} has "
                                f"synthetic: {arm.synthetic}; tune an arm with synthetic: generated")
-        if self.exp.splits.val is None or not len(self.exp.splits.val):
+        if self.val is None or not len(self.val):
             raise SettingError("tuning scores trials on the validation split, which is empty; set "
                                "data.val_per_class (or give the data a val split)")
 
@@ -158,48 +170,17 @@ class TuneContext:
         return list(self.tune.space["synthetic.set"].choices) if "synthetic.set" in self.tune.space else [MAIN_SET]
 
     # ------------------------------------------------------------------------------------------ synthetic sets
-    def _set_experiment(self, name: str) -> Experiment:
-        """The experiment that makes set ``name``: the main one, or a copy that draws from the same trained
-        generator (its ``generator`` folder links to the main one) with other sampling settings."""
-        cfg = self.exp.cfg
-        if name == MAIN_SET:
-            return self.exp
-        params = {**cfg.generator.params, **self.tune.synthetic_sets[name]}
-        ours, theirs = generator_config(cfg.generator.name, cfg.generator.params), generator_config(
-            cfg.generator.name, params)
-        changed = sorted(k for k, v in theirs.training_part().items() if ours.training_part().get(k) != v)
-        if changed:
-            raise SettingError(
-                f"tune.synthetic_sets.{name} changes generator training field(s) {changed}; a set may change only "
-                f"sampling fields ({', '.join(sorted(ours.sampling_fields)) or 'this generator has none'}), so that "
-                "every set draws from the one trained model")
-        child = cfg.model_copy(update={"name": name, "output_dir": str(self.exp.dir / "tune" / "sets"),
-                                       "generator": GeneratorSection(name=cfg.generator.name, params=params)})
-        exp = Experiment(child)
-        exp.dir.mkdir(parents=True, exist_ok=True)
-        link = exp.dir / "generator"
-        if not link.exists():
-            link.symlink_to((self.exp.dir / "generator").resolve(), target_is_directory=True)
-        return exp
-
     def prepare_sets(self) -> None:
-        """Generates every set trials may use, once (stage records make it a no-op when done), and loads them.
-        Local workers take turns through a lock file, so a set is never generated twice at once."""
+        """Makes every set trials may use, once, and loads them. Local workers take turns through a lock file,
+        so a set is never generated twice at once."""
         names = self.set_names()
         if not names:
             return
-        with file_lock(self.exp.dir / "tune" / "sets.lock"):
-            if self.arm.synthetic == "generated":
-                self.exp.fit_generator()
-            for name in names:
-                if self.arm.synthetic == "pseudo":
-                    self._sets[name] = self.exp.pseudo().load(mode=self.exp.splits.train.mode)
-                    self._set_fps[name] = fingerprint(self.exp._pseudo_parts())
-                    continue
-                exp = self._set_experiment(name)
-                self._sets[name] = exp.synthetic_images()
-                self._set_fps[name] = exp.synthetic_set_fp
-                log.info("Synthetic set %s: %d images (%s)", name, len(self._sets[name]), exp.dir / "synthetic")
+        if self.make_sets is None:
+            raise SettingError(f"arm {self.arm.name!r} trains on synthetic images, but this TuneContext was given "
+                               "no make_sets; build it with synthaug.runner.tune.tune_context")
+        with file_lock(self.run_dir / "tune" / "sets.lock"):
+            self._sets = self.make_sets(names)
 
     def synthetic_for(self, params: dict[str, Any], train: TrainConfig) -> tuple[LabeledImages | None, Any]:
         """(the synthetic images a trial with ``params`` trains on, or None; what identifies them)."""
@@ -208,11 +189,11 @@ class TuneContext:
         if not self._sets:
             self.prepare_sets()
         name = params.get("synthetic.set", MAIN_SET)
-        images = self._sets[name]
+        images, identity = self._sets[name]
         per_class = params.get("synthetic.per_class")
         if per_class is not None:
-            images = per_class_subset(images, int(per_class), self.exp.cfg.seed)
-        return images, [name, self._set_fps[name], per_class]
+            images = per_class_subset(images, int(per_class), self.cfg.seed)
+        return images, [name, identity, per_class]
 
     # ------------------------------------------------------------------------------------------ configs
     def train_config(self, params: dict[str, Any], epochs: int) -> TrainConfig:
@@ -267,10 +248,10 @@ class TrialObjective:
 
         workdir = self.trials_dir / f"trial{trial.number}"
         shutil.rmtree(workdir, ignore_errors=True)  # never resume another study's trial of the same number
-        exp = self.ctx.exp
+        ctx = self.ctx
         try:
-            train_trial(TrialInputs(exp.splits.train, synthetic, exp.splits.val, train, workdir, exp.device,
-                                    exp.cfg.seeds[0]), report)
+            train_trial(TrialInputs(ctx.real, synthetic, ctx.val, train, workdir, ctx.device, ctx.cfg.seeds[0]),
+                        report)
         finally:
             _drop_weights(workdir)
         if len(rows) < tune.epochs:

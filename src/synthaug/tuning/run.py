@@ -1,4 +1,5 @@
-"""Strategies, the shared-study worker loop, retrain-best and plots.
+"""Strategies, the shared-study worker loop, storage and plots (retrain-best runs the train stage: it is in
+:mod:`synthaug.runner.tune`).
 
 Any number of ``synthaug tune`` processes, on one machine or many, work on the same Optuna study through its
 storage (SQLite for one process, PostgreSQL for many). Each worker repeats: claim a trial, train, tell.
@@ -26,12 +27,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from synthaug.config import fingerprint
 from synthaug.errors import SettingError
-from synthaug.experiment import PERFORMANCE, Experiment
 from synthaug.tuning.config import TuneConfig
-from synthaug.tuning.objective import OverBudget, TrialObjective, TuneContext, file_lock, trial_sampler
-from synthaug.utils import write_json
+from synthaug.tuning.objective import OverBudget, TrialObjective, TuneContext, trial_sampler
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -81,7 +79,7 @@ def make_storage(url: str | None, tune: TuneConfig) -> optuna.storages.BaseStora
                                "install it (PostgreSQL: pip install psycopg2-binary)") from None
         except Exception as e:  # noqa: BLE001 (sqlalchemy errors: a table-creation race or a server starting)
             if attempt == 4:
-                raise SettingError(f"cannot open the Optuna storage {_redact(url)}: {e}") from None
+                raise SettingError(f"cannot open the Optuna storage {redact(url)}: {e}") from None
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
 
@@ -98,7 +96,7 @@ def _retry_callback(max_retry: int) -> dict[str, Any]:
     return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password."""
     if "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)
@@ -219,7 +217,7 @@ def run_search(ctx: TuneContext, storage, *, study_name: str, n_trials: int) -> 
     for name, params in zip(names, tune.steps()):
         study = open_study(storage, name, tune)
         objective = TrialObjective(ctx, params, dict(carried), budget=n_trials,
-                                   trials_dir=ctx.exp.dir / "tune" / "trials" / name)
+                                   trials_dir=ctx.run_dir / "tune" / "trials" / name)
         print(f"[tune {name}] searching {', '.join(params)}" + (f" holding {_fmt(carried)}" if carried else "") +
               f"; {n_trials} trials of {tune.epochs} epochs, objective {tune.objective} ({tune.direction})",
               flush=True)
@@ -241,33 +239,6 @@ def run_search(ctx: TuneContext, storage, *, study_name: str, n_trials: int) -> 
 
 def _fmt(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_short(v)}" for k, v in params.items())
-
-
-# ---------------------------------------------------------------------------------------------- retrain
-def retrain_best(ctx: TuneContext, result: TuneResult) -> dict[str, Any]:
-    """Retrains the best parameters for ``retrain_epochs`` per experiment seed and evaluates on test, as the
-    arm ``train/<tuned_arm>/seed<k>/`` (stage records as any arm: a finished seed is not retrained), and writes
-    ``train/<tuned_arm>/tuned.json`` for the report's arms table. Local workers take turns (lock file)."""
-
-    exp, tune, name = ctx.exp, ctx.tune, ctx.tuned_name
-    epochs = tune.retrain_epochs or exp.cfg.arm_train(ctx.arm).epochs
-    train = ctx.train_config(result.best_params, epochs)
-    synthetic, synthetic_id = ctx.synthetic_for(result.best_params, train)
-    exp.stats()
-    seeds = {}
-    with file_lock(exp.dir / "tune" / "retrain.lock"):
-        for seed in exp.cfg.seeds:
-            rel = f"train/{name}/seed{seed}"
-            parts = {"data": exp.data_fp, "train": train.model_dump(mode="json", exclude=PERFORMANCE), "seed": seed,
-                     "synthetic": [ctx.arm.synthetic, fingerprint(synthetic_id)], "params": result.best_params}
-            exp.train_stage(rel, parts, train, synthetic, seed)
-            seeds[seed] = exp._done(rel)["accuracy"]
-        record = {"arm": name, "tuned_from": ctx.arm.name, "loss": train.loss, "mixing": train.mixing,
-                  "synthetic": ctx.arm.synthetic, "seeds": list(exp.cfg.seeds), "params": result.best_params,
-                  "best_value": result.best_value, "objective": tune.objective, "studies": result.studies,
-                  "best_trial": result.best_trial, "epochs": epochs, "test_accuracy": seeds}
-        write_json(exp.dir / "train" / name / "tuned.json", record)
-    return record
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -304,24 +275,3 @@ def save_plots(storage, names: list[str], folder: Path) -> list[str]:
             finally:
                 plt.close("all")
     return saved
-
-
-def tune_experiment(exp: Experiment, tune: TuneConfig, *, storage_url: str | None, study_name: str,
-                    n_trials: int, retrain: bool = True) -> TuneResult:
-    """Search, then (``retrain``) retrain the best parameters and rebuild the report; plots in ``tune/``."""
-    with file_lock(exp.dir / "tune" / "stats.lock"):  # local workers share the run folder's data stage
-        exp.stats()
-    ctx = TuneContext(exp, tune)
-    storage = make_storage(storage_url, tune)
-    result = run_search(ctx, storage, study_name=study_name, n_trials=n_trials)
-    write_json(exp.dir / "tune" / "best.json", {"studies": result.studies, "best_params": result.best_params,
-                                                "best_value": result.best_value, "best_trial": result.best_trial,
-                                                "objective": tune.objective, "direction": result.direction})
-    if tune.plots:
-        result.plots = save_plots(storage, result.studies, exp.dir / "tune")
-    if retrain and tune.retrain:
-        from synthaug.report.tables import build_report
-
-        result.retrained = retrain_best(ctx, result)
-        build_report(exp.dir)
-    return result
