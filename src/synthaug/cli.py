@@ -18,7 +18,7 @@ from synthaug.errors import ConfigError, UserError
 
 # Modules that add their own sub-commands: each has ``add_parser(subparsers)`` and keeps heavy imports inside the
 # command function, so ``synthaug --help`` stays instant.
-SUBCOMMAND_MODULES: list[str] = ["synthaug.tuning.cli", "synthaug.report.cli"]
+SUBCOMMAND_MODULES: list[str] = ["synthaug.tuning.cli", "synthaug.report.cli", "synthaug.evaluate.fewshot_protocol"]
 
 
 def _demo_config() -> Path:
