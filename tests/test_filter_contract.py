@@ -66,7 +66,7 @@ def configs(tmp_path_factory):
     some images and keep others."""
     clip = tiny_clip(tmp_path_factory.mktemp("clip"))
     raw = {"confidence": {"keep_top_percent": 50}, "clip-score": {"model": str(clip), "reject_bottom_percent": 30},
-           "near-duplicate": {"feature_ratio": 0.0}}
+           "near-duplicate": {"feature_ratio": 0.0}, "in-distribution": {"quantile": 0.5}}
     assert set(raw) == set(FILTERS.names()), "a new filter needs a config here to run the contract"
     arms = [{"name": "real-ce"}, {"name": "oversample", "train": {"mixing": "oversample"}},
             {"name": "synth", "synthetic": "generated"}]

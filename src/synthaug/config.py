@@ -288,7 +288,7 @@ class ExperimentConfig(_Strict):
                                "but no filters are configured (they would go unused); add filters or remove it.")
         real_only = {a.name: a for a in self.arms if a.synthetic == "none"}
         for i, f in enumerate(self.filters):
-            if f.name == "confidence" and f.classifier_arm not in real_only:
+            if getattr(f, "classifier_arm", None) is not None and f.classifier_arm not in real_only:
                 raise SettingError(
                     f"filters.{i}.classifier_arm {f.classifier_arm!r} must name a real-only arm (synthetic: none; "
                     f"trained on the training split only); such arms: {sorted(real_only)}. Add one, e.g. {{name: "

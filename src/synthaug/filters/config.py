@@ -19,6 +19,7 @@ FILTERS: Registry = Registry("filter", {
     "confidence": "synthaug.filters.confidence:ConfidenceFilter",
     "clip-score": "synthaug.filters.clip_score:ClipScoreFilter",
     "near-duplicate": "synthaug.filters.near_duplicate:NearDuplicateFilter",
+    "in-distribution": "synthaug.filters.in_distribution:InDistributionFilter",
 })
 
 
@@ -89,7 +90,23 @@ class NearDuplicateFilterConfig(FilterConfig):
     feature_ratio: float = Field(0.1, ge=0)  # ... or at or under this × the class's real NN feature spacing
 
 
-AnyFilterConfig = Annotated[Union[ConfidenceFilterConfig, ClipScoreFilterConfig, NearDuplicateFilterConfig],
+class InDistributionFilterConfig(FilterConfig):
+    """Keeps images whose feature distance to their class's real centre lies within the ``quantile`` of the
+    class's own real images' distances (DiffuLT's approximately in-distribution samples), in the penultimate
+    features of a classifier trained on the long-tailed *training split* (``classifier_arm``)."""
+
+    decision_fields: ClassVar[frozenset[str]] = frozenset({"quantile"})
+    name: Literal["in-distribution"] = "in-distribution"
+    classifier_arm: str = "oversample"  # a real-only arm whose first-seed classifier gives the features
+    distance: Literal["cosine", "euclidean"] = "cosine"  # cosine: between unit-length features
+    # classes with fewer real images borrow the pooled, scale-free spread of the larger classes (their own scale)
+    min_class_images: int = Field(10, ge=2)
+    # keep an image whose distance is at most this quantile of its class's real (leave-one-out) distances
+    quantile: float = Field(0.95, gt=0, le=1)
+
+
+AnyFilterConfig = Annotated[Union[ConfidenceFilterConfig, ClipScoreFilterConfig, NearDuplicateFilterConfig,
+                                  InDistributionFilterConfig],
                             Field(discriminator="name")]
 
 
