@@ -149,3 +149,38 @@ def test_bad_feedback_settings_are_named_with_the_fix(digits, model_dir, classif
                                digits.schema, workdir=tmp_path)
     with pytest.raises(SettingError, match="hardness.*use_real"):
         no_real.generate(make_items(digits.schema, [1] + [0] * 9, seed=0))
+
+
+def feedback_run(tmp_path, classifier: str):
+    from synthaug.config import build_config
+    from synthaug.runner import open_run
+
+    cfg = build_config({"output_dir": str(tmp_path), "name": "fb", "data": {"source": "digits"},
+                        "generator": {"name": "ddpm", "params": {**TINY, "feedback": {"classifier": classifier}}},
+                        "arms": [{"name": "real-ce"}, {"name": "synth", "synthetic": "generated"}]})
+    return open_run(cfg)
+
+
+def test_an_arm_name_resolves_to_its_first_seed_classifier_and_its_inputs_guard_the_set(tmp_path):
+    ctx = feedback_run(tmp_path, "real-ce")
+    assert ctx.feedback_arm.name == "real-ce"
+    assert ctx.generator_config.feedback.classifier == str(ctx.dir / "train" / "real-ce" / "seed0" / "model")
+    guarded = ctx.synthetic_parts["sampling"]["feedback"]["classifier"]
+    # the set depends on what the classifier was trained on, not on its name or where the run folder lies
+    assert guarded == {"arm": "real-ce", "fingerprint": ctx.arm_fp(ctx.cfg.arm("real-ce"), 0)}
+    assert not any(str(tmp_path) in str(v) for v in ctx.synthetic_parts["sampling"]["feedback"].values())
+    folder = feedback_run(tmp_path, "/some/classifier/model")
+    assert folder.feedback_arm is None and folder.generator_config.feedback.classifier == "/some/classifier/model"
+
+
+@pytest.mark.parametrize("given, message", [
+    ("synth", "names an arm that trains on synthetic images"),
+    ("oracle", "the run's oracle classifier"),
+    ("judge", "the run's judge classifier"),
+    ("{run}/judge/model", "the run's judge classifier"),
+    ("{run}/evaluation/oracle/seed0/model", "the run's oracle classifier"),
+])
+def test_feedback_refuses_classifiers_that_saw_synthetic_images_or_score_the_result(tmp_path, given, message):
+    ctx = feedback_run(tmp_path, given.format(run=tmp_path / "fb"))
+    with pytest.raises(SettingError, match=message):
+        ctx.generator_config  # noqa: B018

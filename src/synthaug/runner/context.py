@@ -235,9 +235,49 @@ class RunContext:
 
     # ------------------------------------------------------------------------------------------ generator
     @cached_property
-    def generator_config(self):
+    def configured_generator(self):
+        """The generator's config as written (``generator.params``)."""
         g = self.cfg.generator
         return generator_config(g.name, g.params)
+
+    @cached_property
+    def feedback_arm(self) -> ArmConfig | None:
+        """The arm whose first-seed classifier guides sampling (``generator.params.feedback.classifier`` naming an
+        arm), or None when feedback is off or names a model folder.
+
+        Raises:
+            SettingError: it names an arm that trains on synthetic images, or the run's oracle or judge (which
+                score the result, so they must not shape it).
+        """
+        feedback = getattr(self.configured_generator, "feedback", None)
+        if feedback is None:
+            return None
+        field, given = "generator.params.feedback.classifier", feedback.classifier
+        arms = {a.name: a for a in self.cfg.arms}
+        if given in arms:
+            if arms[given].synthetic != "none":
+                raise SettingError(f"{field}={given!r} names an arm that trains on synthetic images "
+                                   f"(synthetic: {arms[given].synthetic}); feedback needs a classifier trained on "
+                                   f"the training split only: name a real-only arm, e.g. "
+                                   f"{[a for a, c in arms.items() if c.synthetic == 'none'][:3]}.")
+            return arms[given]
+        path = Path(given).expanduser().resolve()
+        for scorer in (self.dir / "evaluation" / "oracle", self.dir / "judge"):
+            if given == scorer.name or path.is_relative_to(scorer.resolve()):
+                raise SettingError(f"{field}={given!r} is the run's {scorer.name} classifier, which scores the "
+                                   "synthetic images (it is trained on the balanced pool); guide sampling with a "
+                                   "classifier trained on the training split only, e.g. a real-only arm's name.")
+        return None
+
+    @cached_property
+    def generator_config(self):
+        """The generator's config with run-level names resolved: a feedback classifier given as an arm name
+        becomes that arm's model folder (``train/<arm>/seed<first seed>/model``)."""
+        config, arm = self.configured_generator, self.feedback_arm
+        if arm is None:
+            return config
+        folder = self.dir / self.arm_rel(arm, self.cfg.seeds[0]) / "model"
+        return config.model_copy(update={"feedback": config.feedback.model_copy(update={"classifier": str(folder)})})
 
     @cached_property
     def generator_parts(self) -> dict[str, Any]:
@@ -311,7 +351,11 @@ class RunContext:
     @cached_property
     def synthetic_parts(self) -> dict[str, Any]:
         """The synthetic set's inputs: the trained model and the sampling fields."""
-        return {"generator": self.generator_fp, "sampling": self.generator_config.sampling_part()}
+        sampling = self.configured_generator.sampling_part()
+        if self.feedback_arm is not None:  # the classifier's own inputs, not its name (nor where the run lies)
+            sampling["feedback"]["classifier"] = {"arm": self.feedback_arm.name,
+                                                  "fingerprint": self.arm_fp(self.feedback_arm, self.cfg.seeds[0])}
+        return {"generator": self.generator_fp, "sampling": sampling}
 
     @cached_property
     def plan_fp(self) -> str:

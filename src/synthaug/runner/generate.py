@@ -20,6 +20,7 @@ from synthaug.generators import Generator, create_generator, fill_store
 from synthaug.plan import make_items
 from synthaug.runner.context import RunContext
 from synthaug.runner.data import data_stage
+from synthaug.runner.train import train_arm
 from synthaug.store import SyntheticStore
 from synthaug.utils import read_json
 
@@ -89,6 +90,8 @@ def _fill_synthetic(ctx: RunContext) -> SyntheticStore:
     with ctx.records.record("synthetic", ctx.synthetic_parts, redo=True, shared=True) as summary:
         store = SyntheticStore(folder, ctx.splits.schema, sync_every=ctx.cfg.plan.sync_every)
         if summary is not None:
+            if ctx.feedback_arm is not None:  # the classifier that guides sampling, trained on the training split
+                train_arm(ctx, ctx.feedback_arm, ctx.cfg.seeds[0])
             items = ctx.plan_items
             listed = len(store.open()) if ctx.is_main else 0
             fill_store(generator, items, store, batch_size=ctx.cfg.plan.batch_size,
