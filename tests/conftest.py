@@ -10,6 +10,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The test order's seed (pyproject's addopts), printed under -q too, which hides pytest-randomly's header
+    line: ``pytest --randomly-seed=N`` repeats an order."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"tests shuffled with --randomly-seed={seed} (pytest-randomly)")
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     """A small image folder: root/<class>/<n>.png with imbalanced classes (12 / 8 / 6 images), 16×16 RGB."""

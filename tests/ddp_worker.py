@@ -9,7 +9,7 @@ import torch
 import shapes
 from synthaug.data import LabeledImages, LabelSchema
 from synthaug.train.config import TrainConfig
-from synthaug.train.distributed import Processes
+from synthaug.processes import Processes
 from synthaug.train.loop import train_classifier
 
 SCHEMA = LabelSchema.from_dict(shapes.GROUPS)

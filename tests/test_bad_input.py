@@ -440,7 +440,7 @@ def ddpm_model(tmp_path_factory):
 ])
 def test_damaged_or_pickled_ddpm_checkpoint_is_named(ddpm_model, tmp_path, break_it, message):
     from synthaug.generators import create_generator
-    from synthaug.generators.checkpoints import CheckpointError
+    from synthaug.train.checkpoint import CheckpointError
 
     model, schema = ddpm_model
     broken = shutil.copytree(model, tmp_path / "model")
@@ -459,7 +459,7 @@ def test_damaged_or_pickled_ddpm_checkpoint_is_named(ddpm_model, tmp_path, break
 def test_rejected_resume_state_is_named_with_the_fix(tmp_path, capfd, break_it, message):
     import torch
 
-    from synthaug.generators.checkpoints import CheckpointError, StepCheckpoints
+    from synthaug.train.checkpoint import CheckpointError, StepCheckpoints
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -477,7 +477,7 @@ def test_rejected_resume_state_is_named_with_the_fix(tmp_path, capfd, break_it, 
 def test_truncated_classifier_resume_checkpoint_is_named(tmp_path):
     import torch
 
-    from synthaug.generators.checkpoints import CheckpointError
+    from synthaug.train.checkpoint import CheckpointError
     from synthaug.train import checkpoint
 
     model = torch.nn.Linear(2, 2)

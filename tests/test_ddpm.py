@@ -7,7 +7,7 @@ import torch
 
 from synthaug.data import load_source
 from synthaug.generators import create_generator
-from synthaug.generators.checkpoints import StepCheckpoints
+from synthaug.train.checkpoint import StepCheckpoints
 from synthaug.plan import make_items, unconditional_items
 
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "batch_size": 16, "sampling_steps": 3,
@@ -60,14 +60,34 @@ def test_resume_after_interruption_matches_uninterrupted_run(digits, tmp_path, m
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def test_classifier_free_guidance_changes_samples(digits, tmp_path):
-    g = create_generator("ddpm", {**TINY, "train_steps": 2}, digits.schema, workdir=tmp_path)
-    g.fit(digits)
-    items = make_items(digits.schema, [0, 0, 0, 1, 0, 0, 0, 0, 0, 0], seed=0)
-    plain = np.asarray(g.generate(items)[0], dtype=int)
-    g.config.guidance_scale = 5.0
-    guided = np.asarray(g.generate(items)[0], dtype=int)
-    assert np.abs(plain - guided).max() > 0
+def test_training_lowers_the_denoising_loss_on_held_out_digits(tmp_path):
+    """What fit is for: on a fixed batch of noised held-out digits (fixed noise and timesteps, their own labels)
+    the trained model's loss is well below that of its initial weights (the same seed, 0 steps) and of
+    predicting nothing. Measured over seeds 0-4 on AMD EPYC: trained / initial 0.52-0.62 after 40 steps, initial
+    0.91-1.10; the bound 0.75 leaves room for other kernels."""
+    from synthaug.generators.diffusion_training import denoising_target
+    from synthaug.imaging import load_tensor
+
+    splits = load_source("digits")
+    x0 = load_tensor(splits.test, size=8, progress=False) * 2 - 1
+    labels = torch.as_tensor(splits.test.labels[:, 0])
+    g = torch.Generator().manual_seed(0)
+    noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (len(x0),), generator=g)
+
+    def held_out_loss(steps: int) -> tuple[float, float]:
+        cfg = {**TINY, "train_steps": steps, "warmup_steps": 5}  # 40 steps mostly at the full learning rate
+        gen = create_generator("ddpm", cfg, splits.schema, workdir=tmp_path / str(steps), seed=0, progress=False)
+        gen.fit(splits.train)
+        scheduler = gen._noise_scheduler()
+        target = denoising_target(gen.config.prediction_type, x0, noise, t, scheduler)
+        with torch.no_grad():
+            pred = gen._load()(scheduler.add_noise(x0, noise, t), t, class_labels=labels).sample
+        return torch.nn.functional.mse_loss(pred, target).item(), target.pow(2).mean().item()
+
+    initial, predict_nothing = held_out_loss(0)
+    trained, _ = held_out_loss(40)
+    assert trained < 0.75 * initial, (trained, initial)
+    assert trained < 0.75 * predict_nothing, (trained, predict_nothing)
 
 
 def test_unconditional_model_refuses_labelled_items(digits, tmp_path):
@@ -144,7 +164,7 @@ def test_fit_twice_does_not_retrain_and_a_new_training_setting_does(digits, trai
 
 
 def test_an_interrupted_model_swap_is_recovered(digits, trained, tmp_path):
-    """The states a crash can leave inside install_model_dir: the old model renamed aside and the complete
+    """The states a crash can leave inside swap_in: the old model renamed aside and the complete
     new one not yet renamed in; or both in place. Opening the workdir repairs either."""
     import shutil
 

@@ -14,7 +14,7 @@ from synthaug.config import build_config
 from synthaug.errors import ConfigError, MissingFileError, SettingError
 from synthaug.evaluate import fewshot_protocol
 from synthaug.evaluate.fewshot_protocol import add_parser, run_protocol, sweep_configs
-from synthaug.generators.checkpoints import CheckpointError
+from synthaug.train.checkpoint import CheckpointError
 
 # seed 002's classifier in small: a timm backbone (random weights here), the last layer fine-tuned, 50/50 batches
 TINY = {

@@ -209,7 +209,7 @@ def test_wait_waits_for_the_holder(tmp_path):
 def test_lock_is_reentrant_in_one_process_and_taken_by_rank_0_alone(tmp_path):
     from synthaug.runner import open_run
     from synthaug.runner.records import StageRecords
-    from synthaug.train.distributed import Processes
+    from synthaug.processes import Processes
 
     first, second = RunLock(tmp_path / "run"), RunLock(tmp_path / "run")
     first.acquire()

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 import shapes
 from synthaug.cli import main
 from synthaug.data import LabeledImages, LabelSchema
+from synthaug.processes import Processes
 from synthaug.train import checkpoint
 from synthaug.train.config import TrainConfig
 from synthaug.train.data import ImageSet
-from synthaug.train.distributed import Processes
 from synthaug.train.loop import train_classifier
 from synthaug.train.models import create_classifier, load_classifier
 

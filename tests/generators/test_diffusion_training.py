@@ -8,7 +8,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from synthaug.errors import SettingError
-from synthaug.generators.checkpoints import StepCheckpoints
+from synthaug.train.checkpoint import StepCheckpoints
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, make_accelerator, train_diffusion,
 )
@@ -97,7 +97,6 @@ def test_a_failed_final_write_keeps_the_old_model_and_the_checkpoints(tmp_path):
     (tmp_path / "model" / "old.txt").write_text("old model")
 
     def fail(folder, m, e):
-        folder.mkdir(parents=True)
         (folder / "half-written").write_text("")
         raise Interrupted
 

@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
@@ -32,6 +32,10 @@ from synthaug.plan import PlanItem
 from synthaug.generators.configs import GENERATORS, GeneratorConfig, generator_config  # noqa: F401
 from synthaug.store import StoreError, SyntheticStore
 from synthaug.errors import SettingError
+from synthaug.processes import Processes
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +140,6 @@ def create_generator(
     return cls(config, schema, device=torch.device(device), workdir=Path(workdir), seed=seed, progress=progress)
 
 
-class Processes(Protocol):
-    """The process group generation runs in: accelerate's ``PartialState`` has these members."""
-
-    process_index: int
-    num_processes: int
-    is_main_process: bool
-
-    def wait_for_everyone(self) -> None: ...
-
-
 def plan_slice(items: Sequence[PlanItem], process_index: int, num_processes: int) -> list[PlanItem]:
     """Process ``process_index``'s share of the plan: every ``num_processes``-th item. Fixed by the plan alone,
     so the slices are disjoint and cover the plan whatever each process finds done when it starts."""
@@ -154,26 +148,28 @@ def plan_slice(items: Sequence[PlanItem], process_index: int, num_processes: int
 
 def fill_store(
     generator: Generator, items: Sequence[PlanItem], store: SyntheticStore, *, batch_size: int = 32,
-    progress: bool = True, processes: Processes | None = None,
+    progress: bool = True, processes: Processes | PartialState | None = None,
 ) -> int:
     """Generates the plan items the store does not hold yet and writes them; returns how many this process made.
 
-    Under ``accelerate launch`` pass the process group (``accelerate.PartialState()``): rank 0 alone repairs
-    the store and records the plan while the others wait; then each rank makes the missing items of its own
-    slice of the plan (:func:`plan_slice`) and appends to its own journal; after a barrier rank 0 folds the
-    journals into the manifest. The union equals the single-process result item for item (per-item seeds).
-    Every process must call this (it holds barriers). The store must have been opened by no process yet.
+    Under ``accelerate launch`` pass the process group (:class:`~synthaug.processes.Processes`, or accelerate's
+    ``PartialState()``; None: this process alone): rank 0 alone repairs the store and records the plan while
+    the others wait; then each rank makes the missing items of its own slice of the plan (:func:`plan_slice`)
+    and appends to its own journal; after a barrier rank 0 folds the journals into the manifest. The union
+    equals the single-process result item for item (per-item seeds). Every process must call this (it holds
+    barriers). The store must have been opened by no process yet.
     """
     if batch_size < 1:
         raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
-    rank, world = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
+    processes = Processes.of(processes)
+    rank, world = processes.index, processes.count
     store.rank = rank
     if rank == 0:  # exclusive: the others wait at the barrier below
         store.open(repair=True)
         store.remove_temporaries()
         store.attach_plan(items)
     if world > 1:
-        processes.wait_for_everyone()
+        processes.barrier()
         if rank != 0:
             store.open(repair=False)
     pending = [it for it in plan_slice(items, rank, world) if it.item_id not in store]
@@ -185,10 +181,10 @@ def fill_store(
         store.flush()  # interrupted or failed: keep the finished images of the open batch
         raise
     if world > 1:
-        processes.wait_for_everyone()
+        processes.barrier()
         if rank == 0:
             store.merge()
-        processes.wait_for_everyone()
+        processes.barrier()
         if rank != 0:
             store.open(repair=False)
     else:

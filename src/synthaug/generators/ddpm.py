@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.generators.configs import DDPMConfig, FeedbackConfig
 from synthaug.generators.base import Generated, Generator, register_generator
-from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, reading, recover_model_dir
+from synthaug.train.checkpoint import MODEL_INFO, StepCheckpoints, check_model_info, reading, recover_model_dir
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, checked_main_first, denoising_target, make_accelerator, train_diffusion,
 )

@@ -19,7 +19,6 @@ optimizer update, whatever the number of processes.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -31,7 +30,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from synthaug.errors import SettingError
-from synthaug.generators.checkpoints import StepCheckpoints, install_model_dir
+from synthaug.train.checkpoint import StepCheckpoints, partial_folder, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class DiffusionTraining:
         write_checkpoint: ``write_checkpoint(folder, model, ema)`` writes the weights into a checkpoint folder.
         read_checkpoint: ``read_checkpoint(folder, model, ema)`` loads what ``write_checkpoint`` wrote.
         write_model: ``write_model(folder, model, ema)`` writes the final model (EMA weights already copied in)
-            into a fresh folder; its marker file last.
+            into an empty folder (``<model_dir>.partial``, made for it); its marker file last.
         ema: an EMA of ``params`` (diffusers' ``EMAModel``), stepped after each optimizer update; or None.
         params: the trained parameters (default: those of ``model`` that require grad).
         max_grad_norm: the gradient-norm clip.
@@ -221,10 +220,9 @@ def train_diffusion(training: DiffusionTraining, accelerator: Accelerator, *, tr
         unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         if t.ema is not None:
             t.ema.copy_to(params)
-        tmp = model_dir.with_name(model_dir.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = partial_folder(model_dir)
         t.write_model(tmp, unwrapped, t.ema)
-        install_model_dir(tmp, model_dir)  # the old model stays until the new one is whole
+        swap_in(tmp, model_dir)  # the old model stays until the new one is whole
         checkpoints.clear()
     accelerator.wait_for_everyone()
 

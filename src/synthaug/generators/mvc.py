@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import MVCConfig
 from synthaug.generators.base import Generated, Generator, register_generator
-from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, check_model_info, recover_model_dir
+from synthaug.train.checkpoint import MODEL_INFO, StepCheckpoints, check_model_info, recover_model_dir
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, denoising_target, make_accelerator, process_state, train_diffusion,
 )

@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from synthaug.data.schema import LabeledImages
 from synthaug.generators.configs import SDFinetuneConfig
 from synthaug.generators.base import register_generator
-from synthaug.generators.checkpoints import MODEL_INFO, StepCheckpoints, recover_model_dir
+from synthaug.train.checkpoint import MODEL_INFO, StepCheckpoints, recover_model_dir
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, checked_main_first, denoising_target, make_accelerator, train_diffusion,
 )
@@ -373,7 +373,7 @@ class SDFinetuneGenerator(SDText2ImgGenerator):
         """Writes the fine-tuned model into ``folder`` (EMA weights already in ``unet``): the LoRA adapter as
         diffusers saves it, or the full UNet; :data:`MODEL_INFO` last."""
         c = self.config
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)  # the training loop hands an empty one
         if c.mode == "lora":
             lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
             StableDiffusionPipeline.save_lora_weights(

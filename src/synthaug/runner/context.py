@@ -45,7 +45,7 @@ from synthaug.runlock import RunLock
 from synthaug.runner.records import StageRecords
 from synthaug.torch_utils import resolve_device
 from synthaug.train.config import PERFORMANCE, TrainConfig
-from synthaug.train.distributed import Processes
+from synthaug.processes import Processes
 from synthaug.utils import read_json
 
 log = logging.getLogger(__name__)

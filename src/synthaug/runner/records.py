@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from synthaug.config import ExperimentConfig, dump_config, fingerprint
 from synthaug.errors import StageMismatch
 from synthaug.runlock import RunLock
-from synthaug.train.distributed import Processes
+from synthaug.processes import Processes
 from synthaug.utils import read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ mixing strategy, with linear warm-up then cosine decay (plus a real-only fine-tu
 per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the phase of each epoch).
 
 Under ``accelerate launch`` with several processes the same function trains data-parallel (DDP): each process
-takes its share of every batch (:mod:`synthaug.train.distributed`) and the main process alone writes files."""
+takes its share of every batch (:mod:`synthaug.processes`) and the main process alone writes files."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from synthaug.data.schema import LabeledImages
 from synthaug.errors import SettingError
+from synthaug.processes import Processes
 from synthaug.train.augment import create_transform, eval_transform
 from synthaug.train.batch_mix import create_batch_mix, hard_labels
 from synthaug.train import checkpoint
 from synthaug.train.data import EpochBatches, ImageSet, seeded_batches
-from synthaug.train.distributed import Processes
 from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
 from synthaug.train.losses import create_loss

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthaug.data.schema import LabelSchema
-from synthaug.generators.checkpoints import CheckpointError, reading
+from synthaug.train.checkpoint import CheckpointError, reading
 from synthaug.train.config import ModelConfig
 from synthaug.errors import SettingError, MissingFileError
 

@@ -1,20 +1,25 @@
-"""Data-parallel classifier training under ``accelerate launch``: which process this is, the share of every batch
-it trains on, and the few collectives the training loop needs.
+"""The processes that work together under ``accelerate launch`` (or ``torchrun``): which one this is, and the few
+collectives that training and generation need. One type for both: the classifier loop trains data-parallel
+with it, ``fill_store`` shares the plan out with it, and the runner's records let its main process alone write.
 
-Every process builds the same epoch plan (the batches are seeded by (seed, epoch)); process r takes every N-th
-key of each batch from position r, and DDP averages the gradients, so a step sees the whole batch as in one
-process and the number of steps, the learning-rate schedule and each image's augmentation seed do not depend on N.
+Data-parallel classifier training: every process builds the same epoch plan (the batches are seeded by
+(seed, epoch)); process r takes every N-th key of each batch from position r (:meth:`Processes.shard`), and DDP
+averages the gradients, so a step sees the whole batch as in one process and the number of steps, the
+learning-rate schedule and each image's augmentation seed do not depend on N.
+
+Importing this module imports no torch (the runner's records use the type); the collectives import it when called.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
+if TYPE_CHECKING:
+    import torch
+    from accelerate import PartialState
 
 BARRIER_TIMEOUT_HOURS = 12  # the longest wait at a barrier (the other processes wait while one trains)
 
@@ -26,21 +31,22 @@ def launched_processes() -> int:
 
 @dataclass(frozen=True)
 class Processes:
-    """The processes that train one model together: this one's index and their count (``Processes()``: alone).
+    """The processes that work together: this one's index and their count (``Processes()``: alone).
 
     Attributes:
-        index: this process's rank (0: the main process, the only one that writes files).
+        index: this process's rank (0: the main process, the only one that writes shared files).
         count: the number of processes.
         local_index: the rank on this machine (its GPU under CUDA).
+        cpu: gloo on CPU ranks (``device: cpu``, no GPU, or ACCELERATE_USE_CPU=1 on a GPU machine).
     """
 
     index: int = 0
     count: int = 1
     local_index: int = 0
-    cpu: bool = False  # gloo on CPU ranks (`device: cpu`, no GPU, or ACCELERATE_USE_CPU=1 on a GPU machine)
+    cpu: bool = False
 
     @classmethod
-    def launched(cls, device: torch.device) -> "Processes":
+    def launched(cls, device: torch.device) -> Processes:
         """The processes started by ``accelerate launch``; sets up accelerate's process group (gloo on CPU, NCCL
         on CUDA) when there are several, and touches nothing when there is one. Barriers wait for hours, not
         torch's 30 minutes: the other processes wait while the main one trains a generator."""
@@ -53,21 +59,26 @@ class Processes:
         state = PartialState(cpu=cpu, timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
         return cls(state.process_index, state.num_processes, state.local_process_index, cpu)
 
+    @classmethod
+    def of(cls, state: Processes | PartialState | None) -> Processes:
+        """``state`` as :class:`Processes`: accelerate's ``PartialState`` (its process group already set up) is
+        read; a :class:`Processes` is returned as it is; None means this process alone."""
+        if state is None:
+            return cls()
+        if isinstance(state, Processes):
+            return state
+        return cls(state.process_index, state.num_processes, state.local_process_index,
+                   state.device.type == "cpu")
+
     @property
     def is_main(self) -> bool:
         return self.index == 0
 
-    # the names of accelerate's PartialState, which generation's fill_store also accepts
-    process_index = property(lambda self: self.index)
-    num_processes = property(lambda self: self.count)
-    is_main_process = property(lambda self: self.is_main)
-
-    def wait_for_everyone(self) -> None:
-        self.barrier()
-
     def device(self, device: torch.device) -> torch.device:
         """This process's device: its own GPU (``cuda:<local rank>``) when several share a CUDA machine, the
         CPU when the processes were launched as CPU ranks."""
+        import torch
+
         if self.count > 1 and self.cpu:
             return torch.device("cpu")
         if self.count > 1 and device.type == "cuda":
@@ -75,13 +86,19 @@ class Processes:
         return device
 
     def barrier(self) -> None:
+        """Waits until every process is here (returns at once when alone)."""
         if self.count > 1:
+            import torch.distributed as dist
+
             dist.barrier()
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over the processes (the values themselves when alone)."""
         if self.count == 1:
             return values
+        import torch
+        import torch.distributed as dist
+
         backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         total = torch.tensor(values, dtype=torch.float64, device=backend_device)
         dist.all_reduce(total)
@@ -91,6 +108,8 @@ class Processes:
         """Every process's ``obj`` (picklable), in rank order, on every process."""
         if self.count == 1:
             return [obj]
+        import torch.distributed as dist
+
         out = [None] * self.count
         dist.all_gather_object(out, obj)
         return out
@@ -113,5 +132,6 @@ class Processes:
         """``model`` in DistributedDataParallel when there are several processes (gradients averaged)."""
         if self.count == 1:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                         else None)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
