@@ -144,7 +144,7 @@ def test_confidence_rejects_wrong_class_and_a_new_threshold_neither_regenerates_
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     raw["filters"] = [{"name": "confidence", "keep_top_percent": 50}]
     path.write_text(yaml.safe_dump(raw))
-    assert main(["filter", str(path)]) == 0
+    assert main(["filter", str(path), "--keep-stale"]) == 0
     out = capsys.readouterr().out
     assert "rejected_confidence" in out and "decisions.jsonl" in out
     assert (exp.dir / "synthetic" / "done.json").stat().st_mtime_ns == generated
@@ -154,7 +154,7 @@ def test_confidence_rejects_wrong_class_and_a_new_threshold_neither_regenerates_
     for c in "01":  # the top half of each class by the cached probability
         ranked = sorted((i for i in d2 if i.startswith(c)), key=lambda i: -scores[i])
         assert {i for i in ranked[:3]} == {i for i in ranked if d2[i]["kept"]}
-    assert list(exp.dir.glob("filter.stale-*"))  # the old decisions are kept aside
+    assert list(exp.dir.glob("filter.stale-*"))  # the old decisions are kept aside (--keep-stale)
 
     # the filtered arm trains on the selected images, the unfiltered one on the plan's
     assert main(["train", str(path), "--arm", "synth", "--arm", "synth-unfiltered"]) == 0

@@ -378,3 +378,188 @@ def test_refused_rerun_lists_every_conflict_and_changes_no_byte(tmp_path, capsys
     # an arm's training change alone, from `train`, is refused too, before any arm trains
     assert main(["train", str(path), "--set", "arms.1.train.epochs=2"]) == 2
     assert "train/synth/seed0" in capsys.readouterr().err and _tree_hash(run) == before
+
+
+# ------------------------------------------------------------------------------------------ 9. --force-redo
+def test_force_redo_names_trained_stages_and_redoes_what_was_trained_on_them(tmp_path, capsys):
+    from synthaug.cli import main
+
+    path = _config(tmp_path, arms=[{"name": "real-ce"}, {"name": "synth", "synthetic": "generated",
+                                                            "train": {"mixing": "combined"}}])
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "runs" / "run"
+    before, old = _tree_hash(run), {rel: json.loads((run / rel / "done.json").read_text())["fingerprint"]
+                                    for rel in ("generator", "train/real-ce/seed0", "train/synth/seed0")}
+    capsys.readouterr()
+    changed = ["--set", "data.val_per_class=2"]  # other splits: the generator and both arms conflict
+    assert main(["run", str(path), *changed]) == 2
+    err = capsys.readouterr().err
+    assert "generator (completed with other inputs: data changed)" in err
+    assert "--force-redo generator --force-redo train/real-ce/seed0 --force-redo train/synth/seed0" in err
+    assert "--keep-stale" in err and "delete those folders" in err and "--set name=" in err
+
+    # a name that is no stage of this command, or derived data, is an error listing the valid names
+    for name, why in (("train/nope", "--force-redo train/nope names no stage of this command"),
+                      ("synthetic", "synthetic is derived data, redone on its own")):
+        assert main(["run", str(path), *changed, "--force-redo", name]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Valid names: generator, train/real-ce/seed0, train/synth/seed0" in err
+    # the generator's redo takes the arm trained on its images along, not the real-only arm
+    assert main(["run", str(path), *changed, "--force-redo", "generator"]) == 2
+    err = capsys.readouterr().err
+    assert "(--force-redo accepted: generator, train/synth/seed0)" in err
+    assert "  - train/real-ce/seed0 (completed with other inputs: data changed)" in err
+    assert "  - train/synth/seed0" not in err and "  - generator" not in err
+    assert _tree_hash(run) == before  # every refusal: nothing written, config.yaml included
+
+    assert main(["run", str(path), *changed, "--force-redo", "generator", "--force-redo", "train/real-ce"]) == 0
+    now = {rel: json.loads((run / rel / "done.json").read_text())["fingerprint"] for rel in old}
+    assert all(now[rel] != old[rel] for rel in old)  # all three redone with the new inputs
+    assert "val_per_class: 2" in (run / "config.yaml").read_text()
+    assert not list(run.rglob("*.stale-*"))  # the old folders went once the new ones were complete
+    assert main(["run", str(path), *changed, "--force-redo", "train/*"]) == 0  # nothing conflicts: a no-op
+    assert {rel: json.loads((run / rel / "done.json").read_text())["fingerprint"] for rel in old} == now
+
+
+# ------------------------------------------------------------------------------------------ 10. stale results
+def test_keep_stale_then_clean_lists_sizes_and_removes_only_leftovers(tmp_path, capsys):
+    from synthaug.cli import main
+
+    path = _config(tmp_path)
+    assert main(["generate", str(path)]) == 0
+    run = tmp_path / "runs" / "run"
+    assert main(["generate", str(path), "--set", "generator.params.image_size=8", "--keep-stale"]) == 0
+    stale = list(run.glob("synthetic.stale-*"))
+    assert len(stale) == 1 and len((stale[0] / "metadata.jsonl").read_text().splitlines()) == 2
+    partial = run / "synthetic" / "model.partial"  # an unfinished write a killed process left in a finished stage
+    partial.mkdir()
+    (partial / "weights.bin").write_bytes(b"\0" * 5000)
+    unfinished = run / "scratch" / "step-1.partial"  # inside a stage with no done.json: still in use
+    unfinished.mkdir(parents=True)
+    (run / "scratch" / "started.json").write_text("{}")
+    capsys.readouterr()
+
+    assert main(["clean", str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{stale[0].name}  (stale result)" in out and "5.0 KB  synthetic/model.partial" in out
+    assert "Would remove 2 item(s)" in out and "scratch" not in out
+    assert stale[0].is_dir() and partial.is_dir()
+    proc = _holder(run, 60)  # cleaning takes the run lock
+    try:
+        assert main(["clean", str(run)]) == 2
+        assert f"is in use by another synthaug process (pid {proc.pid}" in capsys.readouterr().err
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert main(["clean", str(run)]) == 0
+    assert "Removed 2 item(s)" in capsys.readouterr().out
+    assert not stale[0].exists() and not partial.exists() and unfinished.is_dir()
+    assert (run / "synthetic" / "done.json").is_file()
+    assert main(["clean", str(tmp_path / "images")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_a_redo_killed_midway_keeps_the_old_result_until_the_new_one_is_complete(tmp_path, capsys):
+    from synthaug.cli import main
+    from synthaug.runner import open_run
+
+    ctx = open_run(load_config(_config(tmp_path)))
+    run = ctx.dir
+    with ctx.records.record("table", {"rows": 1}, redo=True) as summary:
+        (run / "table" / "rows.txt").write_text("old result\n")
+    with pytest.raises(KeyboardInterrupt):  # killed while the new result is half made
+        with ctx.records.record("table", {"rows": 2}, redo=True) as summary:
+            (run / "table" / "rows.txt").write_text("half")
+            raise KeyboardInterrupt
+    old = next(run.glob("table.stale-*"))
+    assert (old / "rows.txt").read_text() == "old result\n" and not (run / "table" / "done.json").exists()
+    assert main(["clean", str(run)]) == 0  # the old result is the only complete one: kept
+    assert "kept: the redo of" in capsys.readouterr().out and old.is_dir()
+    with ctx.records.record("table", {"rows": 2}, redo=True) as summary:  # the rerun finishes the redo ...
+        assert summary is not None
+        (run / "table" / "rows.txt").write_text("new result\n")
+    assert not old.exists() and (run / "table" / "done.json").is_file()  # ... and only then drops the old one
+
+
+# ------------------------------------------------------------------------------------------ 11. every writer locks
+TUNE = {"tune": {"space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}}, "n_trials": 1, "epochs": 1,
+                 "last_k": 1, "plots": False}}
+
+
+@pytest.mark.parametrize("command", [["tune"], ["study"], ["evaluate-fidelity"], ["fewshot", "--shots", "1",
+                                                                                 "--draws", "1"]])
+def test_other_writers_take_the_run_lock(tmp_path, capsys, command):
+    from synthaug.cli import main
+
+    path = _config(tmp_path, **TUNE)
+    run = tmp_path / "runs" / "run"
+    proc = _holder(run, 60)
+    try:
+        started = time.monotonic()
+        assert main([command[0], str(path), *command[1:]]) == 2
+        assert time.monotonic() - started < 10
+        err = capsys.readouterr().err
+        assert f"is in use by another synthaug process (pid {proc.pid}" in err and "--wait" in err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # refused before anything was written
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+SHARED = textwrap.dedent("""
+    import sys, time
+    from synthaug.runlock import RunLock
+    RunLock(sys.argv[1], shared=True).acquire()
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_tune_workers_share_the_lock_and_exclude_other_writers(tmp_path):
+    run = tmp_path / "run"
+    worker = subprocess.Popen([sys.executable, "-c", SHARED, str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy, match=rf"pid {worker.pid}.*\(and maybe other tune workers\)"):
+            RunLock(run).acquire()  # any other writer is refused
+        with RunLock(run, shared=True):  # a second tune worker joins
+            assert holder(run)["pid"] == os.getpid()
+        assert holder(run) is not None  # the first worker still holds it: its release left the file alone
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    with RunLock(run):  # the last worker gone: an exclusive writer gets it
+        pass
+
+
+# ------------------------------------------------------------------------------------------ 12. lazy stats
+def test_stats_of_a_large_allowed_plan_builds_no_items_under_a_memory_ceiling(tmp_path):
+    _images(tmp_path / "images", counts=(500, 200, 100))  # 791 training images: plans up to 7,910,000 allowed
+    path = _config(tmp_path)
+    out = subprocess.run([sys.executable, "-c", BOUNDED, "stats", str(path), "--set", "plan.counts={owl: 7000000}"],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    # 7 * 10^6 plan items would take ~1.5 GB (~220 bytes each) over the 1 GB ceiling, and ~20 s
+    assert "rc=0" in out.stdout, out.stderr[-3000:]
+    assert float(out.stdout.split("seconds=")[1]) < 20
+    assert "Generation plan: 7,000,000 synthetic images (fixed): owl: 7,000,000" in out.stdout
+
+
+def test_lazy_plan_counts_are_the_counts_of_the_plan_items():
+    from synthaug.data.schema import LabelSchema
+    from synthaug.plan import generation_counts, make_items, rare_attribute_counts, rare_attribute_items
+
+    rng = np.random.default_rng(0)
+    schema = LabelSchema.from_dict({"top": ["shirt", "coat", "vest"], "colour": ["red", "blue"]})
+    labels = np.stack([rng.choice(3, 60, p=[0.8, 0.15, 0.05]), rng.choice(2, 60, p=[0.9, 0.1])], 1)
+    ids = [f"img{i}.png" for i in range(60)]
+    for plan in ({"total": 37}, {"per_source": 3}):
+        items = rare_attribute_items(schema, labels, ids, seed=1, **plan)
+        counts = rare_attribute_counts(schema, labels, ids, seed=1, **plan)
+        for g, n in enumerate(schema.group_sizes):
+            assert counts[g].tolist() == np.bincount([it.labels[g] for it in items], minlength=n).tolist()
+    single = LabelSchema.from_dict({"label": ["a", "b", "c"]})
+    counts = generation_counts([5, 0, 2], strategy="fixed", overgenerate=1.5, n_train=10)
+    assert counts.tolist() == [8, 0, 3] == np.bincount([it.labels[0] for it in make_items(single, counts, seed=0)],
+                                                       minlength=3).tolist()
+    with pytest.raises(SettingError, match=r"Lower plan\.counts or plan\.overgenerate"):
+        generation_counts([60_000, 0, 0], strategy="fixed", overgenerate=2, n_train=10)

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import importlib
 import logging
-import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,8 @@ from synthaug.errors import ConfigError, UserError
 
 # Modules that add their own sub-commands: each has ``add_parser(subparsers)`` and keeps heavy imports inside the
 # command function, so ``synthaug --help`` stays instant.
-SUBCOMMAND_MODULES: list[str] = ["synthaug.tuning.cli", "synthaug.report.cli", "synthaug.evaluate.fewshot_protocol"]
+SUBCOMMAND_MODULES: list[str] = ["synthaug.tuning.cli", "synthaug.report.cli", "synthaug.evaluate.fewshot_protocol",
+                                  "synthaug.clean"]
 
 
 def _demo_config() -> Path:
@@ -33,12 +33,23 @@ def _add_config_args(p: argparse.ArgumentParser, *, optional: bool = False) -> N
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; values parsed as YAML)")
     _add_wait_arg(p)
+    p.add_argument("--keep-stale", action="store_true",
+                   help="keep a redone stage's previous folder as <stage>.stale-<hash> (default: deleted once the new "
+                        "one is complete; `synthaug clean RUN_DIR` removes kept ones)")
 
 
 def _add_wait_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true",
                    help="when another synthaug process is writing the run folder, wait for it to finish (default: "
                         "refuse at once, naming its pid and command)")
+
+
+def _add_force_redo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-redo", action="append", default=[], metavar="STAGE",
+                   help="redo this trained stage although it was made with other inputs (default: refuse, naming "
+                        "it): a stage folder as the refusal names it (generator, train/<arm>/seed<k>), "
+                        "train/<arm> for every seed, or a glob such as 'train/*' (repeatable); the stages trained "
+                        "on it are redone too")
 
 
 def _load(args) -> ExperimentConfig:
@@ -55,19 +66,17 @@ def _open(args):
     """The run context of the command's config, holding the run folder's write lock for the whole command (see
     :mod:`synthaug.runlock`): from the start when the run folder exists (so a second writer is refused before it
     loads anything), else from its first write."""
-    from synthaug.runlock import RunLock, check_folder_path
+    from synthaug.runlock import command_lock
 
     cfg = _load(args)  # validated before torch is imported
-    check_folder_path(cfg.run_dir)  # output_dir that is a file: named before torch is imported
-    lock = RunLock(cfg.run_dir, wait=getattr(args, "wait", False))
-    if getattr(args, "on_exit", None) is not None:
-        args.on_exit.callback(lock.release)
     # rank 0 of an `accelerate launch` (RANK, as torchrun sets it) or a plain process: refused before torch loads
-    if getattr(args, "command", None) not in READ_FIRST and cfg.run_dir.is_dir() and os.environ.get("RANK", "0") == "0":
-        lock.acquire()
+    lock = command_lock(cfg.run_dir, wait=getattr(args, "wait", False), on_exit=getattr(args, "on_exit", None),
+                        now=False if getattr(args, "command", None) in READ_FIRST else None)
     from synthaug.runner import open_run
 
-    return open_run(cfg, lock=lock)  # takes the lock (rank 0 alone) before its first write
+    ctx = open_run(cfg, lock=lock)  # takes the lock (rank 0 alone) before its first write
+    ctx.records.redo_policy(keep_stale=getattr(args, "keep_stale", False))
+    return ctx
 
 
 def cmd_stats(args) -> None:
@@ -75,8 +84,13 @@ def cmd_stats(args) -> None:
     from synthaug.data.longtail import official_train_indices, training_subset_sha256
     from synthaug.runner.data import data_stage
 
-    ctx.plan_items  # noqa: B018  (a plan that cannot work, an unknown class, ..., is named before anything is written)
+    planned = _planned_counts(ctx)  # a plan that cannot work (an unknown class, ...) is named before any write
     print(data_stage(ctx).format())
+    classes = ctx.splits.schema.groups[0].classes
+    shown = [f"{classes[c]}: {n:,}" for c, n in enumerate(planned.tolist()) if n]
+    print(f"\nGeneration plan: {int(planned.sum()):,} synthetic images ({ctx.cfg.plan.strategy}"
+          f"{'' if len(ctx.splits.schema.groups) == 1 else ', first label group'}): "
+          f"{', '.join(shown[:12]) or 'none'}{' ...' if len(shown) > 12 else ''}")
     indices = official_train_indices(ctx.splits.train.ids)  # sources with official training indices (CIFAR)
     if indices is not None:
         print(f"training subset sha256: {training_subset_sha256(indices)}")
@@ -87,12 +101,26 @@ def cmd_stats(args) -> None:
             print(f"  {s}")
 
 
+def _planned_counts(ctx):
+    """The images the plan generates per class of the first label group (over-generated ones included), checked
+    as the plan is (size bound, class names, caption template) without building its items: ``stats`` of a plan
+    of 10^7 items takes the memory of its class counts alone."""
+    from synthaug.plan import generation_counts, rare_attribute_counts
+
+    p, train = ctx.cfg.plan, ctx.splits.train
+    if p.strategy == "rare-attributes":
+        return rare_attribute_counts(ctx.splits.schema, train.labels, train.ids, seed=ctx.cfg.seed,
+                                     thresholds=ctx.thresholds, rare_shots=p.rare_shots, per_source=p.per_source,
+                                     total=p.total, template=p.caption_template)[0]
+    return generation_counts(ctx.plan_counts, strategy=p.strategy, overgenerate=p.overgenerate, n_train=len(train))
+
+
 def cmd_generate(args) -> None:
     ctx = _open(args)  # the config is validated before the runner (and torch) is imported
     from synthaug.runner import preflight
     from synthaug.runner.generate import synthetic_stage
 
-    preflight(ctx, [], generator=True)
+    preflight(ctx, [], generator=True, force_redo=args.force_redo)
     store = synthetic_stage(ctx)
     if ctx.is_main:  # under accelerate launch: one line, not one per process
         print(f"{len(store)} synthetic images in {store.root} (manifest: {store.metadata_path})")
@@ -123,7 +151,7 @@ def cmd_train(args) -> None:
     from synthaug.runner.arms import train_arm
 
     arms = _selected_arms(ctx.cfg, args.arm)
-    preflight(ctx, arms)  # every arm and seed checked before the first one trains
+    preflight(ctx, arms, force_redo=args.force_redo)  # every arm and seed checked before the first one trains
     for arm in arms:
         for seed in ctx.cfg.seeds:
             done = train_arm(ctx, arm, seed)
@@ -149,7 +177,8 @@ def cmd_run(args) -> None:
     names = set(args.arm)
     if names:
         _selected_arms(ctx.cfg, list(names))
-    report = run_stages(ctx, only=(lambda a: a.name in names) if names else None)
+    report = run_stages(ctx, only=(lambda a: a.name in names) if names else None, force_redo=args.force_redo,
+                        keep_stale=args.keep_stale)
     if report is None:  # a process other than the main one under `accelerate launch`
         return
     print()
@@ -203,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
     p = sub.add_parser("generate", help="fit the generator (if needed) and fill the synthetic store")
     _add_config_args(p)
+    _add_force_redo_arg(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("filter", help="keep / reject every generated image with the configured filters (no "
                        "regeneration; rejected images stay on disk)")
@@ -211,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the classifier arms (all, or --arm NAME ...)")
     _add_config_args(p)
     p.add_argument("--arm", action="append", default=[], help="train only this arm (repeatable)")
+    _add_force_redo_arg(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate trained classifiers on the test split and print the table")
     _add_config_args(p)
@@ -218,11 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a whole experiment (skips finished stages, resumes interrupted ones)")
     _add_config_args(p)
     p.add_argument("--arm", action="append", default=[], help="run only this arm (repeatable)")
+    _add_force_redo_arg(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="the built-in experiment: MNIST-LT (ρ=100) + class-conditional DDPM")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _add_wait_arg(p)
-    p.set_defaults(func=cmd_run, config=None, arm=[])
+    p.set_defaults(func=cmd_run, config=None, arm=[], force_redo=[], keep_stale=False)
     p = sub.add_parser("model-summary", help="trainable / total parameter counts of each arm's classifier")
     _add_config_args(p)
     p.add_argument("--arm", action="append", default=[])

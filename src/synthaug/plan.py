@@ -123,6 +123,28 @@ def overgenerate_counts(counts: Sequence[int], factor: float) -> np.ndarray:
     return wanted.astype(np.int64)
 
 
+# the setting that sets each per-class strategy's counts (named when a plan is too large)
+COUNT_SETTINGS = {"balance": "plan.target", "fixed": "plan.counts", "ratio": "plan.ratio"}
+
+
+def generation_counts(target_counts: Sequence[int], *, strategy: str, overgenerate: float = 1.0,
+                      n_train: int | None = None) -> np.ndarray:
+    """The images to generate per class: ceil(``overgenerate`` × ``target_counts``), refused when the plan is too
+    large (:func:`check_plan_size`) before any item is built; O(classes) time and memory.
+
+    Args:
+        target_counts: the plan's per-class counts (``plan.strategy`` ``strategy``: balance, fixed or ratio).
+        n_train: the training images, for the bound per training image.
+
+    Raises:
+        SettingError: naming the plan's size, the bound and the setting to lower.
+    """
+    counts = overgenerate_counts(target_counts, overgenerate)
+    setting = COUNT_SETTINGS[strategy] + (" or plan.overgenerate" if overgenerate != 1 else "")
+    check_plan_size(float(counts.sum()), setting=setting, n_train=n_train)
+    return counts
+
+
 def take_per_class(classes: Sequence[int], keep: Sequence[bool], targets: Sequence[int]) -> np.ndarray:
     """A mask of the first ``targets[c]`` kept items of each class ``c``, in the given (plan) order.
 
@@ -212,12 +234,50 @@ def rare_attribute_items(
         ValueError: neither or both of ``per_source`` / ``total``, no image with a rare class, or a template
             field the schema lacks.
     """
+    if template is not None:
+        check_template(schema, template)
+    labels, order, n_items = _rare_sources(schema, labels, ids, seed=seed, thresholds=thresholds,
+                                           rare_shots=rare_shots, per_source=per_source, total=total)
+    items = []
+    for k in range(n_items):
+        src = int(order[k % len(order)])
+        item_id = f"{_item_stem(ids[src])}-{k // len(order):03d}"
+        vec = tuple(int(v) for v in labels[src])
+        items.append(PlanItem(item_id, vec, derive_seed(seed, item_id), prompt=caption(schema, vec, template),
+                              source_ids=(ids[src],)))
+    return items
+
+
+def rare_attribute_counts(
+    schema: LabelSchema, labels: np.ndarray, ids: Sequence[str], *, seed: int,
+    thresholds: ShotThresholds = ShotThresholds(), rare_shots: Sequence[str] = ("few",),
+    per_source: int | None = None, total: int | None = None, template: str | None = None,
+) -> list[np.ndarray]:
+    """Per label group, the per-class counts of :func:`rare_attribute_items`' plan (same arguments; the template
+    is checked), computed without building its items: O(training images) time and memory whatever the plan's
+    size.
+
+    Raises:
+        SettingError: as :func:`rare_attribute_items`.
+    """
+    if template is not None:
+        check_template(schema, template)
+    labels, order, n_items = _rare_sources(schema, labels, ids, seed=seed, thresholds=thresholds,
+                                           rare_shots=rare_shots, per_source=per_source, total=total)
+    rounds, rest = divmod(n_items, len(order))  # items go round-robin over the ordered sources
+    return [rounds * np.bincount(labels[order, g], minlength=n) + np.bincount(labels[order[:rest], g], minlength=n)
+            for g, n in enumerate(schema.group_sizes)]
+
+
+def _rare_sources(schema: LabelSchema, labels: np.ndarray, ids: Sequence[str], *, seed: int,
+                  thresholds: ShotThresholds, rare_shots: Sequence[str], per_source: int | None,
+                  total: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the (N, G) labels, the source images rarest first, the plan's size) of a rare-attribute plan, its size
+    checked."""
     if (per_source is None) == (total is None):
         raise SettingError(f"Give exactly one of plan.per_source and plan.total, but got {per_source=}, {total=}.")
     if (per_source or total) < 1:
         raise SettingError(f"plan.per_source / plan.total must be >= 1, but got {per_source or total}.")
-    if template is not None:
-        check_template(schema, template)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(ids), len(schema.groups))
     rare = rare_classes(schema, labels, thresholds, rare_shots)
     counts = [np.bincount(labels[:, g], minlength=n) for g, n in enumerate(schema.group_sizes)]
@@ -234,14 +294,7 @@ def rare_attribute_items(
     n_items = per_source * len(order) if per_source is not None else total
     check_plan_size(n_items, setting="plan.per_source" if per_source is not None else "plan.total",
                     n_train=len(ids))
-    items = []
-    for k in range(n_items):
-        src = int(order[k % len(order)])
-        item_id = f"{_item_stem(ids[src])}-{k // len(order):03d}"
-        vec = tuple(int(v) for v in labels[src])
-        items.append(PlanItem(item_id, vec, derive_seed(seed, item_id), prompt=caption(schema, vec, template),
-                              source_ids=(ids[src],)))
-    return items
+    return labels, order, n_items
 
 
 def unconditional_items(n: int, *, seed: int, prefix: str = "uncond") -> list[PlanItem]:

@@ -6,6 +6,10 @@ line); it is emptied on release. Under ``accelerate launch`` rank 0 alone takes 
 one writer; only rank 0 writes stage records). Readers (``synthaug report``, ``stats`` on a finished run) take
 no lock. Locks are re-entrant within a process: two :class:`RunLock` s on one folder in one process share it.
 
+``synthaug tune`` workers take it *shared*: any number of them write one run folder together (they take turns
+on what they share through their own lock files), while every other writer, which takes it exclusively, is
+refused (or waits) until the last of them ends, and the other way round.
+
 ``flock`` is advisory: it keeps synthaug processes apart, not other programs. On NFS, Linux maps it to POSIX
 locks, which work when the server supports locking.
 """
@@ -99,13 +103,15 @@ class RunLock:
         folder: the run folder (``output_dir/name``).
         wait: when another process holds it, wait for it (logging who) instead of raising
             :class:`RunFolderBusy`.
+        shared: take it shared with the other shared holders (``tune`` workers), not exclusively.
     """
 
     _held: dict[Path, tuple[int, int]] = {}  # run folder → (file descriptor, users) held by this process
 
-    def __init__(self, folder: str | os.PathLike, *, wait: bool = False):
+    def __init__(self, folder: str | os.PathLike, *, wait: bool = False, shared: bool = False):
         self.folder = Path(folder)
         self.wait = wait
+        self.shared = shared
         self.holding = False
 
     @property
@@ -144,18 +150,19 @@ class RunLock:
             if problem is None:
                 raise
             raise RunFolderNotWritable(problem) from None
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not self.wait:
                     raise RunFolderBusy(self._busy_message()) from None
                 log.warning("%s; waiting for it to finish (--wait).", self._busy_message(short=True))
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
+                fcntl.flock(fd, mode)
+            os.ftruncate(fd, 0)  # a shared holder names itself (the last of them to start is named)
             os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "command": " ".join(sys.argv)}) + "\n").encode(), 0)
+                                       "command": " ".join(sys.argv), "shared": self.shared}) + "\n").encode(), 0)
         except BaseException:
             os.close(fd)  # closing the file releases the lock, if it was taken
             raise
@@ -175,8 +182,12 @@ class RunLock:
             self._held[key] = (fd, users - 1)
             return
         try:
+            if self.shared:  # emptied by the last shared holder alone (the others still hold it)
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.ftruncate(fd, 0)  # the file stays (removing it would race with a process opening it)
-        except OSError:
+        except OSError:  # BlockingIOError: another shared holder is still there
             pass
         os.close(fd)
 
@@ -185,8 +196,9 @@ class RunLock:
         pid, command = who.get("pid", "?"), who.get("command", "an unknown command")
         host = who.get("host")
         where = f" on {host}" if host and host != socket.gethostname() else ""
+        others = " (and maybe other tune workers)" if who.get("shared") else ""
         head = (f"Run folder {self.folder} is in use by another synthaug process (pid {pid}{where}, since "
-                f"{who.get('started', '?')}: {command})")
+                f"{who.get('started', '?')}: {command}){others}")
         if short:
             return head
         return (f"{head}. One process at a time writes a run folder. Wait for it to finish (or add --wait to wait "
@@ -198,3 +210,31 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def command_lock(folder: str | os.PathLike, *, wait: bool = False, shared: bool = False, now: bool | None = None,
+                 on_exit=None) -> RunLock:
+    """The run folder's lock for one command, released when the command ends.
+
+    Taken at once (on rank 0 of an ``accelerate launch``, or a plain process) when ``now`` is True, or, with
+    ``now`` None, when the run folder exists, so that a second writer is refused before anything loads; else
+    the run context takes it before its first write.
+
+    Args:
+        folder: the run folder.
+        wait: wait for another holder instead of raising :class:`RunFolderBusy` (``--wait``).
+        shared: shared with the other shared holders (``tune`` workers).
+        now: take it now (True), at the first write (False), or now if the folder exists (None).
+        on_exit: a :class:`contextlib.ExitStack` that releases it when the command ends.
+
+    Raises:
+        RunFolderBusy, RunFolderNotWritable: as :meth:`RunLock.acquire`.
+    """
+    folder = Path(folder)
+    check_folder_path(folder)  # output_dir that is a file: named before anything loads
+    lock = RunLock(folder, wait=wait, shared=shared)
+    if on_exit is not None:
+        on_exit.callback(lock.release)
+    if (folder.is_dir() if now is None else now) and os.environ.get("RANK", "0") == "0":
+        lock.acquire()
+    return lock

@@ -105,14 +105,14 @@ def run_protocol(config: ExperimentConfig | str | os.PathLike, *, shots: Sequenc
         shots: training images per class, one sweep point each.
         draws: draws of the k images per k (``data.fewshot.draw`` 0 … draws−1).
         overrides: ``--set`` overrides of the config (``KEY=VALUE``).
-        wait: when another process writes the sweep's folder, wait for it instead of refusing.
+        wait: when another process writes the run folder, wait for it instead of refusing.
 
     Returns:
         The content of ``protocol.json``; None on a process other than the main one under ``accelerate launch``.
 
     Raises:
         ConfigError, SettingError: a bad config or sweep setting, before anything runs.
-        RunFolderBusy: another process writes the sweep's folder (and ``wait`` is False).
+        RunFolderBusy: another process writes the run folder (and ``wait`` is False).
     """
     from synthaug.runlock import RunLock, check_folder_path
 
@@ -124,7 +124,9 @@ def run_protocol(config: ExperimentConfig | str | os.PathLike, *, shots: Sequenc
     check_folder_path(folder)
     runs = sweep_configs(cfg, shots, draws)  # every run's config validated before the first one starts
     main = os.environ.get("RANK", "0") == "0"  # rank 0 of an `accelerate launch`, or a plain process
-    lock = RunLock(folder, wait=wait)  # one sweep at a time per folder; each run also locks its own folder
+    # the sweep writes into the experiment's run folder: its lock (one writer at a time); each run of the sweep also
+    # locks its own folder (fewshot/k<k>-d<d>/)
+    lock = RunLock(cfg.run_dir, wait=wait)
     protocol = None
     try:
         if main:
@@ -303,7 +305,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; values parsed as YAML)")
     p.add_argument("--wait", action="store_true",
-                   help="when another synthaug process is writing the sweep's folder, wait for it (default: refuse)")
+                   help="when another synthaug process is writing the run folder, wait for it (default: refuse)")
     p.set_defaults(func=cmd_fewshot)
 
 

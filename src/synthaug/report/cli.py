@@ -12,10 +12,17 @@ from synthaug.evaluate.config import STUDY_NAMES
 
 
 def _open(args):
+    """The run context, holding the run folder's lock for the whole command (from the start when the folder
+    exists, else from the first write); a reader (``report``) takes none."""
     from synthaug.config import load_config
+    from synthaug.runlock import command_lock
     from synthaug.runner import open_run
 
-    return open_run(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    lock = command_lock(cfg.run_dir, wait=args.wait, on_exit=getattr(args, "on_exit", None))
+    ctx = open_run(cfg, lock=lock)
+    ctx.records.redo_policy(keep_stale=args.keep_stale)
+    return ctx
 
 
 def cmd_report(args) -> None:
@@ -44,6 +51,7 @@ def cmd_evaluate_fidelity(args) -> None:
 
     ctx = _open(args)
     data_stage(ctx)
+    ctx.records.hold_lock()  # the studies write even when every stage was done
     _print_status(ctx.dir, studies_stage(ctx, ["samples", "fidelity"]))
     done = ctx.dir / "evaluation" / "fidelity" / ctx.cfg.evaluation.fidelity.extractor / "done.json"
     if done.is_file():
@@ -58,6 +66,7 @@ def cmd_study(args) -> None:
 
     ctx = _open(args)
     data_stage(ctx)
+    ctx.records.hold_lock()  # the studies write even when every stage was done
     _print_status(ctx.dir, studies_stage(ctx, args.study or None))
 
 
@@ -73,6 +82,12 @@ def add_parser(subparsers) -> None:
         p.add_argument("config", help="experiment YAML")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set evaluation.fidelity.extractor=clip")
+        p.add_argument("--wait", action="store_true",
+                       help="when another synthaug process is writing the run folder, wait for it to finish "
+                            "(default: refuse at once, naming its pid and command)")
+        p.add_argument("--keep-stale", action="store_true",
+                       help="keep a redone study's previous folder as <stage>.stale-<hash> (default: deleted once "
+                            "the new one is complete)")
         if name == "study":
             p.add_argument("--study", action="append", default=[], choices=STUDY_NAMES,
                            help="run only this study (repeatable)")

@@ -38,9 +38,10 @@ from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.errors import SettingError
 from synthaug.generators import GENERATORS, generator_config
 from synthaug.plan import (
-    PlanItem, balance_counts, check_plan_size, fixed_counts, make_items, overgenerate_counts, ratio_counts,
-    rare_attribute_items, take_per_class,
+    PlanItem, balance_counts, fixed_counts, generation_counts, make_items, ratio_counts, rare_attribute_items,
+    take_per_class,
 )
+from synthaug.processes import Processes
 from synthaug.runlock import RunLock
 from synthaug.runner.records import StageRecords
 from synthaug.torch_utils import resolve_device
@@ -308,11 +309,9 @@ class RunContext:
             return rare_attribute_items(schema, train.labels, train.ids, seed=self.cfg.seed,
                                         thresholds=self.thresholds, rare_shots=p.rare_shots, per_source=p.per_source,
                                         total=p.total, template=p.caption_template)
-        counts = overgenerate_counts(self.plan_counts, p.overgenerate)
-        setting = {"balance": "plan.target", "fixed": "plan.counts", "ratio": "plan.ratio"}[p.strategy]
         # refused with its size before one item is built (an extra zero would build ~220 bytes per item)
-        check_plan_size(float(counts.sum()), setting=setting + (" or plan.overgenerate" if p.overgenerate != 1 else ""),
-                        n_train=len(train))
+        counts = generation_counts(self.plan_counts, strategy=p.strategy, overgenerate=p.overgenerate,
+                                   n_train=len(train))
         return make_items(schema, counts, seed=self.cfg.seed)
 
     @cached_property

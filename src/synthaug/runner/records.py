@@ -12,6 +12,15 @@ of ``config.yaml``; its public API is three verbs:
 
 It also owns the run folder's write lock (:mod:`synthaug.runlock`) on behalf of a run: :meth:`hold_lock` is
 called before the first write. Under ``accelerate launch`` rank 0 alone writes records.
+
+**Redoing a stage.** Derived data whose inputs changed, and a trained stage named by ``--force-redo``
+(:meth:`StageRecords.redo_policy`), is redone: its old folder is renamed to ``<stage>.stale-<old fingerprint>``
+(one rename, so at every moment the old result is complete on disk under one of its two names), the new one is
+made in ``<stage>``, and the old folder is deleted only after the new ``done.json`` is written, unless
+``keep_stale`` keeps it. A run killed midway leaves the old result in ``<stage>.stale-<fp>`` and the new one
+half made in ``<stage>`` (named in its ``started.json``, ``replaces``); the rerun resumes the new one and deletes
+the old once it is done. A run killed between the new ``done.json`` and the deletion leaves the old folder for
+``synthaug clean``.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+from synthaug.clean import stale_folder
 from synthaug.config import ExperimentConfig, dump_config, fingerprint
 from synthaug.errors import StageMismatch
-from synthaug.runlock import RunLock
 from synthaug.processes import Processes
+from synthaug.runlock import RunLock
 from synthaug.utils import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -49,7 +59,9 @@ class StageRecords:
 
     def __init__(self, cfg: ExperimentConfig, processes: Processes, lock: RunLock | None = None):
         self.cfg, self.dir, self.processes, self.lock = cfg, cfg.run_dir, processes, lock
-        self._session = {"config_written": False}  # shared with with_processes() copies
+        # shared with with_processes() copies: config.yaml written once; the stages --force-redo redoes; whether
+        # a redone stage's old folder is kept
+        self._session: dict[str, Any] = {"config_written": False, "force_redo": set(), "keep_stale": False}
 
     def with_processes(self, processes: Processes) -> StageRecords:
         """The same records under other processes (the main process alone: see ``RunContext.main_alone``)."""
@@ -73,6 +85,15 @@ class StageRecords:
             (self.dir / "config.resolved.yaml").write_text(dump_config(self.cfg, resolved=True))
             self._session["config_written"] = True
 
+    def redo_policy(self, *, force: Iterable[str] = (), keep_stale: bool | None = None) -> None:
+        """How this run redoes stages: ``force``, trained stages (``generator``, ``train/<arm>/seed<k>``) to redo
+        although they were made with other inputs (checked by :func:`synthaug.runner.preflight` first);
+        ``keep_stale``, keep a redone stage's old folder as ``<stage>.stale-<fp>`` (default: deleted once the new
+        one is complete)."""
+        self._session["force_redo"].update(force)
+        if keep_stale is not None:
+            self._session["keep_stale"] = bool(keep_stale)
+
     # ------------------------------------------------------------------------------------------ the verbs
     def done(self, rel: str) -> dict:
         """The finished record (``done.json``) of stage ``rel``."""
@@ -93,32 +114,37 @@ class StageRecords:
             restartable: the stage keeps nothing a rerun resumes from (a generator that trains nothing), so a
                 ``started`` record without ``done`` is no record at all.
         """
+        previous = self._previous(rel, restartable=restartable)
+        if previous is None or redo or rel in self._session["force_redo"] \
+                or previous.get("fingerprint") == fingerprint(parts):
+            return previous
+        state, changed = self._mismatch(rel, parts, restartable=restartable)
+        raise StageMismatch(
+            f"Stage {rel} in {self.dir / rel} was {state} with other inputs ({', '.join(changed)} changed). Delete "
+            f"{self.dir / rel} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
+
+    def _previous(self, rel: str, *, restartable: bool = False) -> dict | None:
+        """The stage's ``done.json``, else its ``started.json`` (unless ``restartable``), else None."""
         folder = self.dir / rel
         record, started = folder / "done.json", folder / "started.json"
-        previous = read_json(record) if record.is_file() else read_json(started) if started.is_file() else None
-        if previous is not None and restartable and not record.is_file():
-            previous = None
-        if previous is None or redo or previous.get("fingerprint") == fingerprint(parts):
-            return previous
-        changed = changed_parts(previous, {k: fingerprint(v) for k, v in parts.items()})
-        state = "completed" if record.is_file() else "started"
-        raise StageMismatch(
-            f"Stage {rel} in {folder} was {state} with other inputs ({', '.join(changed)} changed). Delete "
-            f"{folder} to redo it (and the stages after it), or use a new experiment name (--set name=...).")
+        if record.is_file():
+            return read_json(record)
+        return read_json(started) if started.is_file() and not restartable else None
 
     def conflict(self, rel: str, parts: dict[str, Any], *, restartable: bool = False) -> str | None:
-        """How stage ``rel`` on disk conflicts with ``parts`` (made with other inputs, and not redone on its own
-        as derived data is), or None."""
-        try:
-            self.reuse(rel, parts, restartable=restartable)
-        except StageMismatch:
-            folder = self.dir / rel
-            previous = read_json(folder / "done.json") if (folder / "done.json").is_file() \
-                else read_json(folder / "started.json")
-            state = "completed" if (folder / "done.json").is_file() else "started"
-            changed = changed_parts(previous, {k: fingerprint(v) for k, v in parts.items()})
-            return f"{rel} ({state} with other inputs: {', '.join(changed)} changed): {folder}"
-        return None
+        """How stage ``rel`` on disk conflicts with ``parts`` (``completed with other inputs: train changed``),
+        or None when it was made with these inputs or is not there. Derived data conflicts too (it is redone on
+        its own: the caller decides)."""
+        mismatch = self._mismatch(rel, parts, restartable=restartable)
+        return None if mismatch is None else f"{mismatch[0]} with other inputs: {', '.join(mismatch[1])} changed"
+
+    def _mismatch(self, rel: str, parts: dict[str, Any], *, restartable: bool) -> tuple[str, list[str]] | None:
+        """("completed" or "started", the changed parts' names) when stage ``rel`` was made with other inputs."""
+        previous = self._previous(rel, restartable=restartable)
+        if previous is None or previous.get("fingerprint") == fingerprint(parts):
+            return None
+        state = "completed" if (self.dir / rel / "done.json").is_file() else "started"
+        return state, changed_parts(previous, {k: fingerprint(v) for k, v in parts.items()})
 
     @contextmanager
     def record(self, rel: str, parts: dict[str, Any], *, redo: bool = False, shared: bool = False,
@@ -169,17 +195,22 @@ class StageRecords:
                 yield None
                 wait()
                 return
+        # the old folders this attempt replaces: set aside by an interrupted attempt with these inputs, or now
+        replaces = list(previous.get("replaces", [])) if previous is not None and not record.is_file() else []
+        aside = None
         if previous is not None and previous.get("fingerprint") != fp:
             changed = changed_parts(previous, part_fps)
-            aside = folder.with_name(f"{folder.name}.stale-{previous['fingerprint'][:8]}")
+            aside = stale_folder(folder, previous["fingerprint"])
             shutil.rmtree(aside, ignore_errors=True)
-            folder.rename(aside)
-            log.warning("Stage %s: %s changed; redoing it (the previous result is kept in %s).",
-                        rel, ", ".join(changed), aside)
+            folder.rename(aside)  # one rename: the old result stays whole, under its new name
+            replaces = [*replaces, aside.name]
+            keep = "kept in" if self._session["keep_stale"] else "deleted once the new one is complete; until then in"
+            log.warning("Stage %s: %s changed; redoing it (the previous result is %s %s).",
+                        rel, ", ".join(changed), keep, aside)
         self._accept_config()
         made_now = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(started, {"fingerprint": fp, "parts": part_fps})
+        write_json(started, {"fingerprint": fp, "parts": part_fps, **({"replaces": replaces} if replaces else {})})
         summary: dict[str, Any] = {}
         start = time.time()
         wait()
@@ -189,12 +220,17 @@ class StageRecords:
             if restartable:  # nothing to resume: the fixed rerun finds the stage fresh
                 if made_now:
                     shutil.rmtree(folder, ignore_errors=True)
+                    if aside is not None:  # ... and the old result back in its place
+                        aside.rename(folder)
                 else:
                     started.unlink(missing_ok=True)
             raise
         wait()
         write_json(record, {"fingerprint": fp, "parts": part_fps, "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
+        if not self._session["keep_stale"]:  # the new result is complete: the old one may go
+            for name in replaces:
+                shutil.rmtree(folder.with_name(name), ignore_errors=True)
 
     def folder(self, rel: str) -> Path:
         """The folder of stage ``rel``."""

@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
                    help="workers started on this machine, to share its cores (default 1)")
     p.add_argument("--no-retrain", action="store_true",
                    help="search only (e.g. extra workers); leave retrain-best to one worker")
+    p.add_argument("--wait", action="store_true",
+                   help="when another synthaug command (other than tune workers, which share the run folder) is "
+                        "writing the run folder, wait for it to finish (default: refuse at once, naming it)")
     p.set_defaults(func=cmd_tune)
 
 
@@ -63,6 +66,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
     except ValidationError as e:
         raise ConfigError(f"Invalid command-line option for {args.config}:\n{_format_errors(e, 'tune', TuneConfig)}") from None
     threads = worker_threads(args.threads if args.threads is not None else tune.threads, args.local_workers)
+    from synthaug.runlock import command_lock
+
+    # shared by the tune workers of this run folder, refused to (or by) any other writer; before torch loads
+    lock = command_lock(cfg.run_dir, wait=args.wait, shared=True, now=True, on_exit=getattr(args, "on_exit", None))
 
     import optuna
     import torch
@@ -73,7 +80,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from synthaug.runner.tune import tune_stage
     from synthaug.tuning.run import redact, storage_url
 
-    ctx = open_run(cfg)
+    ctx = open_run(cfg, lock=lock)
     url = storage_url(tune, ctx.dir)
     study = tune.study or cfg.name
     print(f"[tune] study {study!r} on {redact(url) if url else 'memory'}; worker pid {os.getpid()}, "
