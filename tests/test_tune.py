@@ -235,15 +235,19 @@ def test_per_class_subset_is_nested():
 
 
 # ------------------------------------------------------------------------------------------ command line
-def test_tune_command_with_the_default_sqlite_storage(tmp_path, monkeypatch, capsys):
+def test_tune_command_with_the_default_sqlite_storage(tmp_path, capsys):
+    """The whole command with real (one-epoch) training: each trial's objective is its classifier's validation
+    loss as its curves recorded it."""
+    import csv
+
     import yaml
 
     from synthaug.cli import main
 
-    monkeypatch.setattr(objective_module, "train_trial", fake_train([]))
     raw = tiny(tmp_path, {"space": {"train.lr": {"low": 1e-4, "high": 1e-1, "log": True},
                                     "train.weight_decay": {"low": 1e-5, "high": 1e-1, "log": True}},
-                          "n_trials": 4, "epochs": 2, "last_k": 1, "retrain_epochs": 1, "plots": True})
+                          "n_trials": 4, "epochs": 1, "last_k": 1, "retrain_epochs": 1, "plots": True,
+                          "pruner": "none"})
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(raw))
     assert main(["tune", str(config), "--threads", "1", "--n-trials", "3"]) == 0
@@ -251,6 +255,11 @@ def test_tune_command_with_the_default_sqlite_storage(tmp_path, monkeypatch, cap
     run_dir = tmp_path / "runs" / "t"
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'tune' / 'study.db'}")
     assert len(study.trials) == 3 and "3/3 finished" in out
+    for trial in study.trials:  # trained: the value is the validation loss its curves.csv recorded
+        rows = list(csv.DictReader((run_dir / "tune" / "trials" / "t" / f"trial{trial.number}" / "curves.csv").open()))
+        assert len(rows) == 1 and trial.value == pytest.approx(float(rows[0]["val_loss"]))
+        assert 0 < trial.value < 10
+    assert len({t.value for t in study.trials}) == 3  # three learning rates, three trained classifiers
     assert f"Best mean-val-loss: {study.best_value:.4f}" in out and f"train.lr: {study.best_params['train.lr']}" in out
     accuracy = read_json(run_dir / "train" / "tuned-real-ce" / "seed0" / "metrics.json")["accuracy"]
     assert f"test accuracy {100 * accuracy:.2f}%" in out

@@ -14,13 +14,15 @@ from synthaug.runner.generate import synthetic_images, synthetic_stage
 from synthaug.runner.pseudo import pseudo_stage
 from synthaug.runner import train
 from synthaug.train.data import attach_translation_targets
+from synthaug.train.mixing import keep_by_share
 from synthaug.utils import write_json
 
 log = logging.getLogger(__name__)
 
 
 def arm_synthetic(ctx: RunContext, arm: ArmConfig) -> LabeledImages | None:
-    """The synthetic images ``arm`` trains on (made first when needed), or None for a real-only arm."""
+    """The synthetic images ``arm`` trains on (made first when needed; with ``train.synthetic_ratio``, each class's
+    share of them), or None for a real-only arm."""
     if arm.synthetic == "none":
         return None
     if arm.synthetic == "generated":
@@ -32,6 +34,9 @@ def arm_synthetic(ctx: RunContext, arm: ArmConfig) -> LabeledImages | None:
     labels = ctx.arm_train(arm).translation_labels
     if labels.mode == "soft":  # Diff-Mix's mixture targets for translated items (train.translation_labels)
         images = attach_translation_targets(images, store.records(), ctx.splits.train, gamma=labels.gamma)
+    shares = ctx.synthetic_shares(arm)
+    if shares is not None:  # train.synthetic_ratio: the first round(r × n_c) of each class, in plan order
+        images = images.subset(keep_by_share(images.labels, shares))
     return images
 
 

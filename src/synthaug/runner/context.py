@@ -46,7 +46,7 @@ from synthaug.runlock import RunLock
 from synthaug.runner.records import StageRecords
 from synthaug.torch_utils import resolve_device
 from synthaug.train.config import PERFORMANCE, TrainConfig
-from synthaug.processes import Processes
+from synthaug.train.mixing import class_shares
 from synthaug.utils import read_json
 
 log = logging.getLogger(__name__)
@@ -413,10 +413,28 @@ class RunContext:
             return fingerprint(self.pseudo_parts())
         return None
 
+    def synthetic_shares(self, arm: ArmConfig) -> np.ndarray | None:
+        """Per class, the share of its synthetic images ``arm`` uses (``train.synthetic_ratio`` resolved against
+        this data's classes and shot groups), or None when the arm sets no ratio or uses no synthetic images.
+
+        Raises:
+            SettingError: a ratio key that is neither a class nor a shot group (lists the valid ones).
+        """
+        ratio = self.arm_train(arm).synthetic_ratio
+        if ratio is None or arm.synthetic == "none":
+            return None
+        return class_shares(ratio, self.splits.schema.groups[0].classes, self.train_counts[0], self.thresholds,
+                            where=f"train.synthetic_ratio of arm {arm.name!r}")
+
     def arm_parts(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
-        """The inputs of stage ``train/<arm>/seed<seed>``."""
-        return {"data": self.data_fp, "train": self.train_part(arm), "seed": seed,
-                "synthetic": [arm.synthetic, self.synthetic_fp(arm)]}
+        """The inputs of stage ``train/<arm>/seed<seed>`` (with a synthetic ratio: the per-class shares it
+        resolves to, since its shot groups follow ``data.shots``)."""
+        parts = {"data": self.data_fp, "train": self.train_part(arm), "seed": seed,
+                 "synthetic": [arm.synthetic, self.synthetic_fp(arm)]}
+        shares = self.synthetic_shares(arm)
+        if shares is not None:
+            parts["synthetic_shares"] = shares.tolist()
+        return parts
 
     def arm_fp(self, arm: ArmConfig, seed: int) -> str:
         return fingerprint(self.arm_parts(arm, seed))

@@ -49,6 +49,8 @@ def preflight(ctx: RunContext, arms: list[ArmConfig] | None = None, *, generator
     arms = cfg.arms if arms is None else arms
     if generator is None:
         generator = any(a.synthetic != "none" for a in arms)
+    for arm in arms:
+        ctx.synthetic_shares(arm)  # a train.synthetic_ratio key that names no class fails before anything runs
     checks = _checks(ctx, arms, generator)
     forced = _named(force_redo, list(checks))
     conflicts = {rel: c for rel, (parts, restartable, _) in checks.items() if (ctx.dir / rel).is_dir()

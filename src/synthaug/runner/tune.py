@@ -100,6 +100,8 @@ def retrain_best(ctx: RunContext, tc: TuneContext, result: TuneResult) -> dict[s
             rel = ctx.arm_rel(name, seed)
             parts = {"data": ctx.data_fp, "train": train.model_dump(mode="json", exclude=PERFORMANCE), "seed": seed,
                      "synthetic": [tc.arm.synthetic, fingerprint(synthetic_id)], "params": result.best_params}
+            if train.synthetic_ratio is not None and synthetic is not None:  # shot groups follow data.shots
+                parts["synthetic_shares"] = tc.shares(train.synthetic_ratio).tolist()
             seeds[seed] = train_stage(ctx, rel, parts, train, synthetic, seed)["accuracy"]
         record = {"arm": name, "tuned_from": tc.arm.name, "loss": train.loss, "mixing": train.mixing,
                   "synthetic": tc.arm.synthetic, "seeds": list(ctx.cfg.seeds), "params": result.best_params,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from synthaug.registry import Registry, registered
 from synthaug.errors import SettingError
@@ -108,7 +108,8 @@ class TrainConfig(_WithAddedFields):
     # value a field is left out of every dump (so of the arm fingerprints, which hash model_dump), and earlier
     # train stages still match
     added_fields: ClassVar[dict[str, Any]] = {"synthetic_weight": 1.0,
-                                              "translation_labels": {"mode": "hard", "gamma": 0.5}}
+                                              "translation_labels": {"mode": "hard", "gamma": 0.5},
+                                              "synthetic_ratio": None}
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
@@ -152,9 +153,43 @@ class TrainConfig(_WithAddedFields):
     # targets of ddpm translations (translate_from): hard (the class made) or soft (Diff-Mix's mixture label);
     # soft needs the synthetic set's soft targets (synthaug.train.data.attach_translation_targets)
     translation_labels: TranslationLabels = Field(default_factory=TranslationLabels)
+    # the share of each class's synthetic images the arm uses, by class name (first label group) or shot group
+    # ("many", "medium", "few": by the class's real training count and data.shots), e.g. {few: 1, medium: 0.5,
+    # many: 0}: of class c's n_c synthetic images (plan order, after filters) the first round(r × n_c); a class's
+    # own entry wins over its group's, a class named by neither keeps all. The arm's mixing then mixes that
+    # subset (combined: fewer images in the pool; oversample-synthetic: real draws fill a class's missing synthetic
+    # ones). None: every image. Tuned by tune.synthetic_ratio (synthaug.tuning.config)
+    synthetic_ratio: dict[str, float] | None = None
     # decoded, resized training images kept in memory per loading process, up to this many MB (the rest are
     # decoded when needed); 0: decode every time. Performance only.
     image_cache_mb: float = Field(2048.0, ge=0)
+
+    @field_validator("synthetic_ratio", mode="before")
+    @classmethod
+    def _no_booleans(cls, ratio: Any) -> Any:
+        if isinstance(ratio, dict):
+            for key, share in ratio.items():
+                if isinstance(share, bool):
+                    raise SettingError(f"train.synthetic_ratio.{key} is {share}; give a share in [0, 1] (0: none "
+                                       "of the class's synthetic images, 1: all), not true/false.")
+        return ratio
+
+    @field_validator("synthetic_ratio")
+    @classmethod
+    def _shares(cls, ratio: dict[str, float] | None) -> dict[str, float] | None:
+        if ratio is None:
+            return None
+        if not ratio:
+            raise SettingError("train.synthetic_ratio is empty; give a share per class or shot group, e.g. {few: 1, "
+                               "medium: 0.5, many: 0}, or leave it out to use every synthetic image.")
+        for key, share in ratio.items():
+            if not key.strip():
+                raise SettingError(f"train.synthetic_ratio has an empty key {key!r}; keys are class names or the "
+                                   "shot groups many, medium, few.")
+            if not 0 <= share <= 1:
+                raise SettingError(f"train.synthetic_ratio.{key} is {share}; a share of the class's synthetic images "
+                                   "must lie in [0, 1] (0: none of them, 1: all).")
+        return ratio
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -215,6 +250,7 @@ class TrainConfig(_WithAddedFields):
             "phase2_lr_scale": (self.mixing == "two-phase", two_phase),
             "synthetic_weight": synthetic,
             "translation_labels": synthetic,
+            "synthetic_ratio": synthetic,
             "model.trainable_stages": (self.model.freeze == "all-but-last",
                                        f"applies to model.freeze all-but-last, but freeze is {self.model.freeze!r}"),
         }

@@ -6,18 +6,24 @@ A strategy turns the label arrays of the real and synthetic sets into one epoch 
 
 Each strategy also knows the label distribution its batches follow (:meth:`MixingStrategy.expected_counts`):
 the class prior of Balanced Softmax and the N_i of weighted cross-entropy (see :func:`batch_prior`).
+
+Before any strategy runs, ``train.synthetic_ratio`` picks the synthetic images an arm uses at all
+(:func:`class_shares`, :func:`keep_by_share`); every strategy then mixes that subset as it mixes a whole set.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from synthaug.train.config import MIXING, REAL_ONLY, balanced_batch_split  # noqa: F401  (re-exported)
 from synthaug.errors import SettingError
+
+if TYPE_CHECKING:
+    from synthaug.data.stats import ShotThresholds
 
 Batches = list[np.ndarray]
 
@@ -51,6 +57,66 @@ def class_counts(labels: np.ndarray, group_sizes: Sequence[int]) -> list[np.ndar
         return [np.zeros(k) for k in group_sizes]
     labels = _as_2d(labels)
     return [np.bincount(labels[:, g], minlength=k).astype(np.float64) for g, k in enumerate(group_sizes)]
+
+
+SHOT_GROUPS = ("many", "medium", "few")  # the keys of train.synthetic_ratio that name a shot group
+
+
+def class_shares(ratio: Mapping[str, float] | None, classes: Sequence[str], real_counts: Sequence[int],
+                 thresholds: ShotThresholds, *, where: str = "train.synthetic_ratio") -> np.ndarray:
+    """Per class of the first label group, the share of its synthetic images an arm uses (``train.synthetic_ratio``):
+    the class's own entry, else the entry of its shot group (by its real training count and ``thresholds``), else 1.
+
+    Args:
+        ratio: ``{class name or "many" / "medium" / "few": share in [0, 1]}``; None: 1 for every class.
+        classes: the first label group's class names, in index order.
+        real_counts: each class's real training images (decides its shot group).
+        where: the setting named in errors.
+
+    Returns:
+        float array (C,) of shares in [0, 1].
+
+    Raises:
+        SettingError: a key that is neither a class nor a shot group (the message lists the valid ones), or a
+            key that is both (a class named "few").
+    """
+    shares = np.ones(len(classes))
+    if not ratio:
+        return shares
+    index = {str(c): i for i, c in enumerate(classes)}
+    unknown = [k for k in ratio if k not in index and k not in SHOT_GROUPS]
+    if unknown:
+        listed = ", ".join(list(index)[:20]) + (f", ... ({len(index)} classes)" if len(index) > 20 else "")
+        raise SettingError(f"{where}: {unknown} name(s) neither a class of this data nor a shot group; use a shot "
+                           f"group ({', '.join(SHOT_GROUPS)}) or a class name ({listed}).")
+    both = [k for k in ratio if k in index and k in SHOT_GROUPS]
+    if both:
+        raise SettingError(f"{where}: {both} name(s) both a class and a shot group; give the share of each of those "
+                           "classes' shot groups by its classes' names instead.")
+    for i, (name, count) in enumerate(zip(classes, real_counts)):
+        group = thresholds.group(int(count))
+        if str(name) in ratio:
+            shares[i] = ratio[str(name)]
+        elif group in ratio:
+            shares[i] = ratio[group]
+    return shares
+
+
+def keep_by_share(labels: np.ndarray, shares: Sequence[float]) -> np.ndarray:
+    """The synthetic images kept at per-class ``shares``: of the n_c images of class c (first label group) the
+    first round(share_c × n_c) (rounded half up) in the given order, the plan's; so a smaller share keeps a subset
+    of a larger one's images, and changing a share never needs an image that was not made.
+
+    Returns:
+        The kept indices, ascending (the images keep their order).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    first = labels if labels.ndim == 1 else labels[:, 0]
+    keep = np.zeros(len(first), dtype=bool)
+    for c in np.unique(first):
+        members = np.flatnonzero(first == c)
+        keep[members[: math.floor(float(shares[c]) * len(members) + 0.5)]] = True
+    return np.flatnonzero(keep)
 
 
 class MixingStrategy:

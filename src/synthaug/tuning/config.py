@@ -4,7 +4,11 @@ A search-space entry is keyed by a dotted path: ``train.<field>`` (any classifie
 ``train.lr``, ``train.model.dropout``, ``train.betas.0`` for Adam's β1) or a synthetic-data knob:
 ``synthetic.set`` (categorical: which synthetic set, ``main`` or a name in ``synthetic_sets``) and
 ``synthetic.per_class`` (int: generated images kept per class). The mixing strategy and the synthetic share /
-RSP probability are training fields (``train.mixing``, ``train.synthetic_share``).
+RSP probability are training fields (``train.mixing``, ``train.synthetic_share``). The share of each class's
+synthetic images an arm uses is searched per shot group or per class: ``train.synthetic_ratio.<group or class>``
+entries, or ``tune.synthetic_ratio`` ({per: group | class, and the range or choices}), which adds one such entry
+per shot group present in the training split or per class when the run's data is known
+(:meth:`TuneConfig.with_ratio_space`).
 
 The default space is Table 1 of the DeepFashion study (batch size, learning rate, weight decay, label
 smoothing, dropout, Adam β1 and β2), in the order its one-at-a-time experiments 1–7 tuned them.
@@ -20,6 +24,7 @@ from synthaug.errors import SettingError
 from synthaug.train.config import ModelConfig, TrainConfig
 
 SYNTHETIC_KNOBS = {"synthetic.set", "synthetic.per_class"}
+RATIO = "train.synthetic_ratio."  # + a class name or shot group: that key's share of synthetic images
 MAIN_SET = "main"  # the experiment's own generated set (its generator and sampling settings as configured)
 # set by the tuner itself: per trial from `epochs`, for the retrained arm from `retrain_epochs`
 NOT_SEARCHABLE = {"train.epochs": "the epochs are tune.epochs per trial and tune.retrain_epochs for the retrain"}
@@ -93,6 +98,8 @@ def train_overrides(path: str, value: Any, base: TrainConfig | None = None) -> d
     ``train.betas.1``), on top of ``base`` (for the other beta)."""
     parts = path.split(".")[1:]
     base = base or TrainConfig()
+    if path.startswith(RATIO):
+        return {"synthetic_ratio": {**(base.synthetic_ratio or {}), path[len(RATIO):]: value}}
     if parts[0] == "betas":
         betas = list(base.betas)
         betas[int(parts[1])] = value
@@ -104,7 +111,7 @@ def train_overrides(path: str, value: Any, base: TrainConfig | None = None) -> d
 
 def searchable_train_paths() -> list[str]:
     """Every ``train.*`` path a search space may name."""
-    top = [f"train.{f}" for f in TrainConfig.model_fields if f not in ("model", "betas")]
+    top = [f"train.{f}" for f in TrainConfig.model_fields if f not in ("model", "betas", "synthetic_ratio")]
     model = [f"train.model.{f}" for f in ModelConfig.model_fields]
     return sorted(p for p in top + model if p not in NOT_SEARCHABLE) + ["train.betas.0", "train.betas.1"]
 
@@ -112,11 +119,14 @@ def searchable_train_paths() -> list[str]:
 def check_train_path(path: str, spec: ParamSpec) -> None:
     """Raises SettingError unless ``path`` names a TrainConfig field that ``spec``'s type and range fit."""
     where = f"tune.space.{path}"
+    if path.startswith(RATIO):
+        check_ratio_values(where, spec)
+        return
     if path in NOT_SEARCHABLE:
         raise SettingError(f"{where} cannot be searched: {NOT_SEARCHABLE[path]}")
     if path not in searchable_train_paths():
         raise SettingError(f"{where}: no such training field. Searchable: {', '.join(searchable_train_paths())}, "
-                           f"{', '.join(sorted(SYNTHETIC_KNOBS))}")
+                           f"{RATIO}<shot group or class>, {', '.join(sorted(SYNTHETIC_KNOBS))}")
     parts = path.split(".")
     if parts[1] == "betas":
         for v in spec.values_to_check():
@@ -138,6 +148,24 @@ def check_train_path(path: str, spec: ParamSpec) -> None:
                 raise SettingError(f"{where}: value {v!r} is not allowed: {own[0]['msg']}") from None
         except SettingError:
             pass  # a rule across fields (e.g. a mixing that needs another setting): checked per trial
+
+
+def check_ratio_values(where: str, spec: ParamSpec) -> None:
+    """Raises SettingError unless every value ``spec`` may suggest is a share in [0, 1]."""
+    bad = [v for v in spec.values_to_check() if not isinstance(v, (int, float)) or isinstance(v, bool)
+           or not 0 <= v <= 1]
+    if bad:
+        raise SettingError(f"{where}: a share of a class's synthetic images lies in [0, 1] (0: none, 1: all), "
+                           f"got {bad}")
+
+
+class RatioSearch(ParamSpec):
+    """``tune.synthetic_ratio``: search ``train.synthetic_ratio`` with one parameter per shot group present in the
+    training split (``per: group``: many, medium, few) or per class (``per: class``), each over this range or
+    these choices, e.g. ``{per: group, type: categorical, choices: [0, 0.25, 0.5, 1]}`` or
+    ``{per: class, low: 0, high: 1}``."""
+
+    per: Literal["group", "class"] = "group"
 
 
 class TuneConfig(_Strict):
@@ -167,6 +195,10 @@ class TuneConfig(_Strict):
     poll_seconds: float = Field(5.0, gt=0)  # a worker with nothing to claim waits this long before looking again
     threads: int | None = Field(None, ge=1)  # torch threads per worker; None: cores / local workers
     synthetic_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name: generator sampling params
+    # search train.synthetic_ratio per shot group or per class (added to `space` once the data is known, see
+    # with_ratio_space; without a `space` given, the ratio alone is searched); None: only the
+    # train.synthetic_ratio.<key> entries `space` names, if any
+    synthetic_ratio: RatioSearch | None = None
     plots: bool = True  # history, importances, parallel coordinates as PNG in the run folder's tune/
 
     @field_validator("space", mode="before")
@@ -235,6 +267,13 @@ class TuneConfig(_Strict):
             if sorted(self.order) != sorted(self.space):
                 raise SettingError(f"tune.order must list each parameter of tune.space once: got {self.order}, "
                                    f"space has {list(self.space)}")
+        if self.synthetic_ratio is not None:
+            check_ratio_values("tune.synthetic_ratio", self.synthetic_ratio)
+            named = [p for p in self.space if p.startswith(RATIO)]
+            if named:
+                raise SettingError(f"tune.synthetic_ratio searches train.synthetic_ratio per "
+                                   f"{self.synthetic_ratio.per}, and tune.space names {named} too; keep one of the "
+                                   "two (tune.space entries for chosen keys only, tune.synthetic_ratio for all)")
         if self.objective == "mean-val-loss" and self.last_k > self.epochs:
             raise SettingError(f"tune.last_k ({self.last_k}) exceeds tune.epochs ({self.epochs}); the objective "
                                "averages the last k epochs' validation losses: lower last_k or raise epochs")
@@ -243,6 +282,19 @@ class TuneConfig(_Strict):
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
         return "minimize" if self.objective == "mean-val-loss" else "maximize"
+
+    def with_ratio_space(self, keys: list[str]) -> "TuneConfig":
+        """This config with ``tune.synthetic_ratio`` turned into one ``train.synthetic_ratio.<key>`` entry of
+        ``space`` per key (the shot groups or classes of the run's data), after the ``space`` given (none when
+        ``tune.space`` is not given: the ratio alone is searched, not Table 1) and appended to ``order`` for the
+        sequential strategy; unchanged without ``tune.synthetic_ratio``."""
+        if self.synthetic_ratio is None:
+            return self
+        spec = ParamSpec(**self.synthetic_ratio.model_dump(exclude={"per"}))
+        added = {f"{RATIO}{k}": spec for k in keys}
+        space = {**(self.space if "space" in self.model_fields_set else {}), **added}
+        order = None if self.order is None else [*self.order, *added]
+        return self.model_copy(update={"space": space, "order": order, "synthetic_ratio": None})
 
     def steps(self) -> list[list[str]]:
         """The parameter groups searched one after another: one group (joint) or one per parameter."""

@@ -28,10 +28,12 @@ from pydantic import ValidationError
 
 from synthaug.config import ArmConfig, ExperimentConfig
 from synthaug.data.schema import LabeledImages
+from synthaug.data.stats import ShotThresholds
 from synthaug.errors import SettingError
 from synthaug.train import checkpoint
 from synthaug.train.config import REAL_ONLY, TrainConfig
-from synthaug.tuning.config import MAIN_SET, ParamSpec, TuneConfig
+from synthaug.train.mixing import SHOT_GROUPS, class_shares, keep_by_share
+from synthaug.tuning.config import MAIN_SET, RATIO, ParamSpec, TuneConfig
 from synthaug.utils import derive_seed
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         parts = path.split(".")
         if parts[0] != "train":
             continue
-        if parts[1] == "betas":
+        if path.startswith(RATIO):  # one key's share; the arm's other keys stay
+            out["synthetic_ratio"] = {**(out.get("synthetic_ratio") or {}), path[len(RATIO):]: value}
+        elif parts[1] == "betas":
             betas = list(out.get("betas", TrainConfig.model_fields["betas"].default))
             betas[int(parts[2])] = value
             out["betas"] = betas
@@ -123,7 +127,8 @@ class TuneContext:
 
     Args:
         cfg: the experiment config (the arms, the tuned arm's training settings, the seeds).
-        tune: the ``tune:`` section (with command-line changes).
+        tune: the ``tune:`` section (with command-line changes); its ``synthetic_ratio`` becomes one
+            ``train.synthetic_ratio.<key>`` entry of the space per shot group present in ``real`` or per class.
         real, val: the training and validation splits trials train and score on.
         device: the torch device trials train on.
         run_dir: the run folder (trials under ``tune/trials``, a lock file for the sets).
@@ -144,14 +149,41 @@ class TuneContext:
             raise SettingError(f"tune.tuned_arm {self.tuned_name!r} is already an arm of this config; set "
                                "tune.tuned_arm to another folder name")
         self.base = cfg.arm_train(self.arm).model_dump(exclude_unset=True)
+        self.classes = list(real.schema.groups[0].classes)
+        self.real_counts = real.class_counts()
+        self.thresholds = ShotThresholds(cfg.data.shots.many, cfg.data.shots.few)
+        self.tune = tune.with_ratio_space(self._ratio_keys(tune))
         self._check_synthetic_knobs()
+        self._check_ratio_keys()
         self._sets: dict[str, tuple[LabeledImages, Any]] = {}
 
+    def _ratio_keys(self, tune: TuneConfig) -> list[str]:
+        """The keys ``tune.synthetic_ratio`` searches: the shot groups that hold a class of the training split
+        (many, medium, few), or every class."""
+        if tune.synthetic_ratio is None or tune.synthetic_ratio.per == "class":
+            return self.classes
+        present = {self.thresholds.group(int(n)) for n in self.real_counts}
+        return [g for g in SHOT_GROUPS if g in present]
+
     # ------------------------------------------------------------------------------------------ checks
+    def _check_ratio_keys(self) -> None:
+        """A ``train.synthetic_ratio`` key (the arm's, or a searched one) that names no class or shot group."""
+        searched = {p[len(RATIO):]: 1.0 for p in self.tune.space if p.startswith(RATIO)}
+        self.shares(searched, where=f"tune.space.{RATIO}<key>")
+        self.shares(self.base.get("synthetic_ratio"), where=f"train.synthetic_ratio of arm {self.arm.name!r}")
+
+    def shares(self, ratio: dict[str, float] | None, where: str = "train.synthetic_ratio") -> np.ndarray:
+        """Per class, the share of its synthetic images a trial with ``ratio`` uses (1 for all when None).
+
+        Raises:
+            SettingError: a key that names no class of the training split and no shot group.
+        """
+        return class_shares(ratio, self.classes, self.real_counts, self.thresholds, where=where)
+
     def _check_synthetic_knobs(self) -> None:
         space, arm = self.tune.space, self.arm
         mixings = set(space["train.mixing"].choices) if "train.mixing" in space else set()
-        needs = sorted(p for p in space if p.startswith("synthetic."))
+        needs = sorted(p for p in space if p.startswith("synthetic.") or p.startswith(RATIO))
         needs += [f"train.mixing {sorted(mixings - REAL_ONLY)}"] if mixings - REAL_ONLY else []
         if needs and arm.synthetic == "none":
             raise SettingError(f"tune.space searches {', '.join(needs)}, but the tuned arm {arm.name!r} has "
@@ -193,6 +225,8 @@ class TuneContext:
         per_class = params.get("synthetic.per_class")
         if per_class is not None:
             images = per_class_subset(images, int(per_class), self.cfg.seed)
+        if train.synthetic_ratio is not None:  # the first round(r × n_c) of each class, in plan order
+            images = images.subset(keep_by_share(images.labels, self.shares(train.synthetic_ratio)))
         return images, [name, identity, per_class]
 
     # ------------------------------------------------------------------------------------------ configs
