@@ -39,6 +39,17 @@ def test_readme_example_runs_and_returns_the_summary(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "real-ce" in out and "imbalance ratio" in out.lower()
 
+    # a changed arm is refused as on the command line, and redone when force_redo names it
+    import pytest
+    import synthaug
+    from synthaug.errors import StageMismatch
+
+    with pytest.raises(StageMismatch, match="train/real-ce/seed0"):
+        synthaug.run(tmp_path / "experiment.yaml", ["train.lr=0.01"])
+    again = synthaug.run(tmp_path / "experiment.yaml", ["train.lr=0.01"], force_redo=["train/real-ce"])
+    redone = json.loads((run / "train" / "real-ce" / "seed0" / "done.json").read_text())
+    assert redone["fingerprint"] != record["fingerprint"] and again["rows"][0]["overall"] == redone["accuracy"]
+
 
 def test_import_synthaug_is_light_and_names_the_api():
     code = ("import sys, synthaug; light = 'torch' not in sys.modules; "

@@ -15,7 +15,7 @@ Nothing outside the runner imports it, except the command line and the package's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from synthaug.config import ArmConfig, ExperimentConfig, load_config
 from synthaug.runlock import RunLock
@@ -37,7 +37,8 @@ def open_run(config: ExperimentConfig, *, lock: RunLock | None = None) -> RunCon
 
 
 def run(config_or_path: ExperimentConfig | str | Path, overrides: list[str] | None = None, *,
-        only: Callable[[ArmConfig], bool] | None = None, wait: bool = False) -> dict | None:
+        only: Callable[[ArmConfig], bool] | None = None, wait: bool = False, force_redo: Sequence[str] = (),
+        keep_stale: bool = False) -> dict | None:
     """Runs (or resumes) a whole experiment, as ``synthaug run`` does, holding the run folder's lock.
 
     Args:
@@ -45,6 +46,9 @@ def run(config_or_path: ExperimentConfig | str | Path, overrides: list[str] | No
         overrides: ``KEY=VALUE`` changes, as ``--set`` takes them (values parsed as YAML).
         only: the arms to train (None: every arm).
         wait: wait for another writer of the run folder instead of refusing at once.
+        force_redo: trained stages made with other inputs to redo instead of refusing the run, as
+            ``--force-redo`` takes them (``generator``, ``train/<arm>/seed<k>``, ``train/<arm>``, globs).
+        keep_stale: keep a redone stage's old folder as ``<stage>.stale-<hash>`` (``--keep-stale``).
 
     Returns:
         The run's summary (what ``report/summary.json`` holds: ``rows``, one per arm with its test accuracies,
@@ -68,6 +72,6 @@ def run(config_or_path: ExperimentConfig | str | Path, overrides: list[str] | No
     check_folder_path(cfg.run_dir)
     lock = RunLock(cfg.run_dir, wait=wait)
     try:
-        return run_stages(open_run(cfg, lock=lock), only=only)
+        return run_stages(open_run(cfg, lock=lock), only=only, force_redo=force_redo, keep_stale=keep_stale)
     finally:
         lock.release()
