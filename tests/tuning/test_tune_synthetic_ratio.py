@@ -165,3 +165,18 @@ def test_the_search_never_reads_the_test_split(tmp_path, monkeypatch):
 
 def load(ctx, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{ctx.dir / 'tune' / 'study.db'}")
+
+
+def test_trials_of_a_filtered_arm_train_on_the_filtered_set(tmp_path, monkeypatch):
+    """An arm with use_filters trains on the images the filters selected; its tuning trials must too."""
+    seen = spy_on_training(monkeypatch)
+    raw = tiny(tmp_path, {"n_trials": 1, "space": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}}})
+    raw["plan"]["overgenerate"] = 2.0
+    raw["filters"] = [{"name": "confidence", "classifier_arm": "real-ce", "keep_top_percent": 50}]
+    raw["arms"] = [{"name": "real-ce"},
+                   {"name": "synth", "synthetic": "generated", "use_filters": True, "train": {"mixing": "combined"}}]
+    raw["tune"]["arm"] = "synth"
+    ctx, _ = search(raw)
+    selected = [r for r in map(__import__("json").loads, (ctx.dir / "filter" / "decisions.jsonl").read_text()
+                               .splitlines()) if r["selected"]]
+    assert len(seen) == 1 and sum(seen[0][1]) == len(selected) == 40  # not the 80 generated

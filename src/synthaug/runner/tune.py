@@ -70,7 +70,16 @@ def make_sets(ctx: RunContext, tune: TuneConfig, arm: ArmConfig,
             sets[name] = (arm_synthetic(ctx, arm), fingerprint(ctx.pseudo_parts()))
             continue
         other = set_context(ctx, tune, name)
-        sets[name] = (synthetic_images(other), other.synthetic_set_fp)
+        if other is ctx:
+            # the arm's own images, as it trains on them: filtered (use_filters), with soft translation targets;
+            # its per-class share (train.synthetic_ratio) is applied per trial, so it is left out here
+            whole = arm.model_copy(update={"train": {**arm.train, "synthetic_ratio": None}})
+            sets[name] = (arm_synthetic(ctx, whole), ctx.synthetic_fp(arm))
+        else:
+            if arm.use_filters and ctx.cfg.filters:
+                log.warning("Synthetic set %s of tune.synthetic_sets is not filtered (the filters score the run's "
+                            "own set only); its trials train on every image of it.", name)
+            sets[name] = (synthetic_images(other), other.synthetic_set_fp)
         log.info("Synthetic set %s: %d images (%s)", name, len(sets[name][0]), other.dir / "synthetic")
     return sets
 
