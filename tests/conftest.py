@@ -19,6 +19,16 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (restored after): tiny models run fastest on one, a tuning worker on a shared
+    2-core machine should use one, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def image_tree(tmp_path):
     """A small image folder: root/<class>/<n>.png with imbalanced classes (12 / 8 / 6 images), 16×16 RGB."""
 

@@ -6,7 +6,6 @@ from typing import ClassVar
 import numpy as np
 import optuna
 import pytest
-import torch
 from PIL import Image
 from optuna.trial import TrialState
 
@@ -22,13 +21,7 @@ from synthaug.tuning.run import storage_url
 from synthaug.utils import read_json
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Trials run with one torch thread, as each tuning worker on a shared 2-core machine should."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny(tmp_path, tune: dict, **top) -> dict:

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
@@ -27,9 +26,5 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_cpu_thread(one_torch_thread):
+    """Every generator test on one torch thread (tests/conftest.py)."""

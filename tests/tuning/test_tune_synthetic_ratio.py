@@ -8,7 +8,6 @@ import math
 import numpy as np
 import optuna
 import pytest
-import torch
 
 import synthaug.tuning.objective as objective_module
 from synthaug.config import build_config, fingerprint
@@ -23,12 +22,7 @@ import noise_generator  # noqa: F401  (registers the test-noise generator)
 GROUPS = {"many": [0, 1], "medium": [2, 3, 4, 5, 6, 7], "few": [8, 9]}  # digits long-tailed at 10, data.shots
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny(tmp_path, tune: dict) -> dict:
