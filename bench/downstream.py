@@ -48,15 +48,15 @@ def arms(augment: str) -> list[dict]:
     """The compared arms (non-generative ones without and with ``augment``; generative ones with it)."""
     real = [("real-ce", "ce", "real-only"), ("real-bsm", "balanced-softmax", "real-only"),
             ("oversample", "ce", "oversample")]
-    out = [{"name": n, "train": {"loss": loss, "mixing": mix, "augment": "none"}} for n, loss, mix in real]
-    out += [{"name": f"{n}-{augment}", "train": {"loss": loss, "mixing": mix, "augment": augment}}
-            for n, loss, mix in real]
+    out = [{"name": n, "train": {"loss": loss, "mixing": mixing, "augment": "none"}} for n, loss, mixing in real]
+    out += [{"name": f"{n}-{augment}", "train": {"loss": loss, "mixing": mixing, "augment": augment}}
+            for n, loss, mixing in real]
     synthetic = [("synth-ce", "ce", "combined"), ("synth-bsm", "balanced-softmax", "combined"),
                  ("synth-oversample", "ce", "oversample-synthetic")]
-    for name, loss, mix in synthetic:
+    for name, loss, mixing in synthetic:
         for filtered in (False, True):
             out.append({"name": f"{name}{'-filtered' if filtered else ''}-{augment}", "synthetic": "generated",
-                        "use_filters": filtered, "train": {"loss": loss, "mixing": mix, "augment": augment}})
+                        "use_filters": filtered, "train": {"loss": loss, "mixing": mixing, "augment": augment}})
     return out
 
 

@@ -27,7 +27,7 @@ from synthaug.data.schema import LabeledImages, LabelSchema
 from synthaug.train.augment import create_transform
 from synthaug.train.data import EpochBatches, ImageSet, seeded_batches
 from synthaug.train.loop import _collate
-from synthaug.train.mixing import make_batches
+from synthaug.train.batch_composition import make_batches
 
 SCHEMA = LabelSchema.single([str(c) for c in range(10)])
 

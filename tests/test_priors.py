@@ -1,4 +1,4 @@
-"""The class prior of weighted-ce / balanced-softmax follows the label distribution of each mixing strategy's
+"""The class prior of weighted-ce / balanced-softmax follows the label distribution of each batch composition's
 batches (#12): every strategy's expected counts match the empirical label frequency of the batches it makes."""
 
 import inspect
@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from synthaug.errors import SettingError
 from synthaug.train.config import TrainConfig
-from synthaug.train.mixing import MIXING, batch_prior, create_strategy, make_batches
+from synthaug.train.batch_composition import BATCH_COMPOSITION, batch_prior, create_strategy, make_batches
 
 GROUP_SIZES = [3, 2]
 
@@ -53,12 +53,12 @@ def test_expected_counts_match_the_label_frequency_of_the_batches(key):
 
 
 def test_every_strategy_has_a_prior_test_and_explicit_options():
-    assert {k.split("/")[0] for k in OPTIONS} == set(MIXING.names())
-    for name in MIXING.names():
-        parameters = inspect.signature(MIXING.get(name)).parameters.values()
+    assert {k.split("/")[0] for k in OPTIONS} == set(BATCH_COMPOSITION.names())
+    for name in BATCH_COMPOSITION.names():
+        parameters = inspect.signature(BATCH_COMPOSITION.get(name)).parameters.values()
         assert not any(p.kind is p.VAR_KEYWORD for p in parameters), name
     with pytest.raises(TypeError, match="takes no arguments"):
-        MIXING.get("combined")(synthetic_share=0.5)  # a strategy rejects options it does not take
+        BATCH_COMPOSITION.get("combined")(synthetic_share=0.5)  # a strategy rejects options it does not take
     assert create_strategy("combined", synthetic_share=0.9).batches  # ... and create_strategy passes only its own
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from synthaug.data import LabeledImages, LabelSchema
-from synthaug.train.batch_mix import create_batch_mix
+from synthaug.train.mixup import create_mixup_cutmix
 from synthaug.train.config import PERFORMANCE, TrainConfig
 from synthaug.train.loop import train_classifier
 from synthaug.train.losses import LOSSES, create_loss
@@ -72,9 +72,9 @@ def test_a_mixed_item_weights_each_label_share_by_the_image_it_came_from(mix, na
     b, omega = len(logits), 0.3
     images = torch.rand(b, 3, 16, 16)
     torch.manual_seed(5)
-    _, targets, weights = create_batch_mix(mix, SIZES).mix(images, labels, torch.where(synthetic, omega, 1.0))
+    _, targets, weights = create_mixup_cutmix(mix, SIZES).mix(images, labels, torch.where(synthetic, omega, 1.0))
     torch.manual_seed(5)  # the same draw again, mixing the rows of the identity: W itself
-    _, mixing, _ = create_batch_mix(mix, [b]).mix(images, torch.eye(b), torch.ones(b))
+    _, mixing, _ = create_mixup_cutmix(mix, [b]).mix(images, torch.eye(b), torch.ones(b))
     assert not torch.allclose(mixing, torch.eye(b))
     v = torch.where(synthetic, omega, 1.0)
     assert torch.allclose(weights, mixing @ v)
@@ -85,13 +85,13 @@ def test_a_mixed_item_weights_each_label_share_by_the_image_it_came_from(mix, na
         assert torch.allclose(t.sum(1), torch.ones(b))
 
 
-def test_without_weights_the_batch_mix_is_unchanged():
+def test_without_weights_mixup_cutmix_is_unchanged():
     _, labels, _ = _batch(3)
     images = torch.rand(len(labels), 3, 8, 8)
     torch.manual_seed(0)
-    mixed, targets = create_batch_mix("cutmix", SIZES)(images, labels)
+    mixed, targets = create_mixup_cutmix("cutmix", SIZES)(images, labels)
     torch.manual_seed(0)
-    mixed_too, targets_too, weights = create_batch_mix("cutmix", SIZES).mix(images, labels)
+    mixed_too, targets_too, weights = create_mixup_cutmix("cutmix", SIZES).mix(images, labels)
     assert weights is None and torch.equal(mixed, mixed_too) and torch.equal(targets, targets_too)
 
 

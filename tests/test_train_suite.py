@@ -19,10 +19,10 @@ from synthaug.config import ConfigError, build_config, load_config
 from synthaug.data import LabeledImages, LabelSchema
 from synthaug.evaluate.metrics import classification_metrics
 from synthaug.train.augment import AUGMENTS, RandomCenterZoom, create_transform, eval_transform
-from synthaug.train.batch_mix import create_batch_mix, hard_labels
+from synthaug.train.batch_composition import make_batches
 from synthaug.train.loop import TrainConfig, lr_schedule, predict, train_classifier
 from synthaug.train.losses import create_loss
-from synthaug.train.mixing import make_batches
+from synthaug.train.mixup import create_mixup_cutmix, hard_labels
 
 SCHEMA = LabelSchema.from_dict(shapes.GROUPS)
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,12 +95,12 @@ def _alternating_labels(b):
 
 
 @pytest.mark.parametrize("name", ["cutmix", "mixup", "cutmix-or-mixup"])
-def test_batch_mix_gives_per_group_soft_targets_with_one_lambda(name):
+def test_mixup_cutmix_gives_per_group_soft_targets_with_one_lambda(name):
     torch.manual_seed(0)
     b = 8
     images = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, 16, 16).clone()
     labels = _alternating_labels(b)
-    mixed, targets = create_batch_mix(name, shapes.SIZES, alpha=1.0)(images, labels)
+    mixed, targets = create_mixup_cutmix(name, shapes.SIZES, alpha=1.0)(images, labels)
     assert targets.shape == (b, 26) and targets.dtype.is_floating_point
     groups = torch.split(targets, shapes.SIZES, 1)
     for t in groups:
@@ -117,9 +117,9 @@ def test_batch_mix_gives_per_group_soft_targets_with_one_lambda(name):
     assert (hard_labels(targets, shapes.SIZES) == torch.where(lam[:, None] >= 0.5, labels, labels.roll(1, 0))).all()
 
 
-def test_no_batch_mix_passes_hard_labels_through():
+def test_no_mixup_cutmix_passes_hard_labels_through():
     x, y = torch.randn(4, 3, 8, 8), _alternating_labels(4)
-    out_x, out_y = create_batch_mix("none", shapes.SIZES)(x, y)
+    out_x, out_y = create_mixup_cutmix("none", shapes.SIZES)(x, y)
     assert out_x is x and out_y is y
 
 
@@ -251,7 +251,7 @@ def test_short_training_beats_chance_on_every_attribute_group(tmp_path, caplog):
 
 @pytest.mark.parametrize("mixing, batch_mix, augment", [("two-phase", "cutmix-or-mixup", "soft"),
                                                         ("rsp", "mixup", "synthetic")])
-def test_strategies_and_batch_mixes_train_end_to_end(tmp_path, mixing, batch_mix, augment):
+def test_compositions_and_mixup_cutmix_train_end_to_end(tmp_path, mixing, batch_mix, augment):
     real, synthetic = _images(48, 0, long_tailed=True), _images(32, 5, long_tailed=False)
     extra = {"phase2_epochs": 1, "phase2_lr_scale": 0.5} if mixing == "two-phase" else {"synthetic_share": 0.5}
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, loss="weighted-ce", mixing=mixing, batch_mix=batch_mix,

@@ -211,12 +211,12 @@ def cmd_list(args) -> None:
     from synthaug.filters.config import FILTERS
     from synthaug.generators import GENERATORS
     from synthaug.train.augment import AUGMENTS
-    from synthaug.train.batch_mix import BATCH_MIXES
+    from synthaug.train.batch_composition import BATCH_COMPOSITION
     from synthaug.train.losses import LOSSES
-    from synthaug.train.mixing import MIXING
+    from synthaug.train.mixup import MIXUP_CUTMIX
 
-    registries = {"generators": GENERATORS, "losses": LOSSES, "mixing": MIXING, "augment": AUGMENTS,
-                  "batch-mix": BATCH_MIXES, "sources": SOURCES,
+    registries = {"generators": GENERATORS, "losses": LOSSES, "mixing": BATCH_COMPOSITION, "augment": AUGMENTS,
+                  "batch-mix": MIXUP_CUTMIX, "sources": SOURCES,
                   "filters": FILTERS}
     for kind in [args.kind] if args.kind else registries:
         print(f"{kind}: {', '.join(registries[kind].names())}")
@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_summary)
     for module in SUBCOMMAND_MODULES:  # sub-commands that live beside their stage (each module imports no torch)
         importlib.import_module(module).add_parser(sub)
-    p = sub.add_parser("list", help="registered generators, losses, mixing strategies, presets, sources")
+    p = sub.add_parser("list", help="registered generators, losses, mixing (batch composition), presets, batch-mix "
+                                    "(MixUp / CutMix), sources, filters")
     p.add_argument("kind", nargs="?", choices=["generators", "losses", "mixing", "augment", "batch-mix", "sources",
                                                 "filters"])
     p.set_defaults(func=cmd_list)

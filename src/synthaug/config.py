@@ -207,7 +207,7 @@ DEFAULT_ARMS = [
     {"name": "pseudo-combined", "synthetic": "pseudo", "train": {"loss": "ce", "mixing": "combined"}},
 ]
 
-SYNTHETIC_MIXINGS = {"combined", "balanced-batch", "rsp", "two-phase", "oversample-synthetic"}
+SYNTHETIC_COMPOSITIONS = {"combined", "balanced-batch", "rsp", "two-phase", "oversample-synthetic"}
 
 
 class ExperimentConfig(_Strict):
@@ -256,7 +256,7 @@ class ExperimentConfig(_Strict):
         top_set = _fields_set(self.train)
         for i, arm in enumerate(self.arms):
             cfg = self.arm_train(arm, where=f"arms.{i}.train")
-            if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_MIXINGS:
+            if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_COMPOSITIONS:
                 raise SettingError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
                                    "synthetic: generated or pseudo")
             # a setting this arm would silently ignore is an error where the arm sets it; a top-level one

@@ -15,13 +15,13 @@ def test_method_names_parse_to_recipes():
     assert len(METHODS) == 10
     assert parse_method("random-image") == parse_method("random-image")
     r = parse_method("random-image")
-    assert (r.mix, r.dropout, r.num_images) == (None, False, 1)
+    assert (r.blend, r.dropout, r.num_images) == (None, False, 1)
     r = parse_method("dropout")
-    assert (r.mix, r.dropout, r.num_images) == (None, True, 1)
+    assert (r.blend, r.dropout, r.num_images) == (None, True, 1)
     r = parse_method("embed-cutmix-dropout")
-    assert (r.mix, r.space, r.dropout, r.num_images) == ("cutmix", "embedding", True, 2)
+    assert (r.blend, r.space, r.dropout, r.num_images) == ("cutmix", "embedding", True, 2)
     r = parse_method("mixup")
-    assert (r.mix, r.space, r.dropout) == ("mixup", "pixel", False)
+    assert (r.blend, r.space, r.dropout) == ("mixup", "pixel", False)
     with pytest.raises(ValueError, match="valid: random-image"):
         parse_method("cutout")
 

@@ -13,7 +13,7 @@ from synthaug.runner.arms import arm_synthetic
 from synthaug.runner.generate import synthetic_images
 from synthaug.runner.pipeline import preflight
 from synthaug.train.config import PERFORMANCE, TrainConfig
-from synthaug.train.mixing import class_shares, keep_by_share
+from synthaug.train.batch_composition import class_shares, keep_by_share
 
 import noise_generator  # noqa: F401  (registers the test-noise generator)
 

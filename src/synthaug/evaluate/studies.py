@@ -64,7 +64,7 @@ def rarest_classes(counts: Sequence[int], k: int) -> list[int]:
 
 
 def with_mixing(cfg: TrainConfig, mixing: str) -> TrainConfig:
-    """``cfg`` with another mixing strategy, validated again."""
+    """``cfg`` with another batch composition (``train.mixing``), validated again."""
     return TrainConfig(**{**cfg.model_dump(), "mixing": mixing})
 
 

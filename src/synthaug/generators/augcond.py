@@ -1,11 +1,12 @@
-"""Augmentations of the conditioning image for augmentation-conditioned unCLIP generation.
+"""Augmentations of the conditioning image for augmentation-conditioned unCLIP generation (``unclip-augcond``):
+blends of two images (Mixup, CutMix) and embedding dropout.
 
 Chen, Zhang & Romero-Soriano, "Augmented Conditioning Is Enough For Effective Training Image Generation",
 2025 (arXiv:2502.04475). The generator conditions on the CLIP image embedding of a real training image;
-these functions make that conditioning diverse: Mixup (Zhang et al., 2018) and CutMix (Yun et al., 2019)
-of two images of the same class, in pixel space or in embedding space, and dropout on the embedding.
+these functions make that conditioning diverse: a blend of two images of the same class by Mixup (Zhang et al.,
+2018) or CutMix (Yun et al., 2019), in pixel space or in embedding space, and dropout on the embedding.
 
-Method names (``METHODS``) read ``[embed-]<mix>[-dropout]``; "random-image" (the baseline) conditions on
+Method names (``METHODS``) read ``[embed-]<blend>[-dropout]``; "random-image" (the baseline) conditions on
 one unchanged image and "dropout" on its embedding with dropout. Every random draw comes from the
 ``numpy.random.Generator`` passed in, so an item's seed alone fixes its conditioning.
 """
@@ -27,18 +28,18 @@ class Recipe:
     """What a method name asks for.
 
     Attributes:
-        mix: "mixup", "cutmix" or None (one image).
-        space: where the two images are mixed: "pixel" (before the CLIP image encoder) or "embedding".
+        blend: how two images are blended, "mixup" or "cutmix"; None: one image, no blend.
+        space: where the two images are blended: "pixel" (before the CLIP image encoder) or "embedding".
         dropout: whether dropout is applied to the final image embedding.
     """
 
-    mix: Literal["mixup", "cutmix"] | None
+    blend: Literal["mixup", "cutmix"] | None
     space: Literal["pixel", "embedding"]
     dropout: bool
 
     @property
     def num_images(self) -> int:
-        return 1 if self.mix is None else 2
+        return 1 if self.blend is None else 2
 
 
 def parse_method(name: str) -> Recipe:
@@ -52,8 +53,8 @@ def parse_method(name: str) -> Recipe:
     dropout = name == "dropout" or name.endswith("-dropout")
     core = name.removesuffix("-dropout")
     space = "embedding" if core.startswith("embed-") else "pixel"
-    mix = core.removeprefix("embed-")
-    return Recipe(mix=mix if mix in ("mixup", "cutmix") else None, space=space, dropout=dropout)
+    blend = core.removeprefix("embed-")
+    return Recipe(blend=blend if blend in ("mixup", "cutmix") else None, space=space, dropout=dropout)
 
 
 def sample_lambda(alpha: float, rng: np.random.Generator) -> float:

@@ -266,9 +266,9 @@ class MVCConfig(GeneratorConfig):
     local_files_only: bool = False  # never contact the hub, even for hub ids (as HF_HUB_OFFLINE=1)
     checkpoint: str | None = None  # finetuned: a trained mvc pipeline folder to sample from (no training)
     # --- captions
-    # Where the captions' diversity comes from. Algorithm 1 mixes the caption embeddings of one class, so it
-    # mixes only when they differ. "labels": prefix (+ caption_template) from the label alone, so all captions
-    # of a class are identical and the mixing copies identical values, i.e. does NOTHING (warned at run
+    # Where the captions' diversity comes from. Algorithm 1 splices the caption embeddings of one class, so it
+    # makes new ones only when they differ. "labels": prefix (+ caption_template) from the label alone, so all
+    # captions of a class are identical and the splicing copies identical values, i.e. does NOTHING (warned at run
     # time); "data": the real images' own captions (a caption column of the data manifest); "blip2": a BLIP-2
     # caption of each image (needs captioner; the study's); "auto": blip2 when captioner is set, else data
     # when the data has captions, else labels. (Attribute names are no source: mvc pools images by their
@@ -319,7 +319,7 @@ class UnCLIPAugCondConfig(GeneratorConfig):
     num_inference_steps: int = Field(30, ge=1)  # study: 30 PNDM steps
     scheduler: SchedulerName = "pndm"  # study: PNDM
     noise_level: int = Field(0, ge=0)  # unCLIP noise augmentation of the image embedding (pipeline default 0)
-    mix_alpha: float = Field(1.0, gt=0)  # Mixup/CutMix λ ~ Beta(α, α); 1 = λ uniform, as Yun et al. 2019
+    mix_alpha: float = Field(1.0, gt=0)  # blends: Mixup/CutMix λ ~ Beta(α, α); 1 = λ uniform, as Yun et al. 2019
     dropout_p: float = Field(0.4, ge=0, lt=1)  # study: p = 0.4 on the image embedding
     dropout_rescale: bool = True  # scale kept entries by 1/(1-p) like F.dropout, keeping E[embedding]
     height: int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size (768 for SD 2.1)

@@ -3,19 +3,19 @@
 1. Each real image gets a caption, prefixed "This is an image of <class>"; ``caption_source`` says where
    the rest comes from: a BLIP-2 captioner (``blip2``, the study's), the data's own per-image captions
    (``data``, e.g. a manifest caption column), or the labels alone (``labels``). With ``labels`` a class's
-   captions are all alike and Algorithm 1 copies identical values, i.e. the mixing does nothing (a warning
+   captions are all alike and Algorithm 1 copies identical values, i.e. the splicing does nothing (a warning
    says so at run time); diversity then comes only from the noise and, fine-tuned, the conditioning image.
 2. Each caption becomes a CLIP text embedding e ∈ R^{m×d} (the pipeline's text encoder, last hidden state,
    m = the tokenizer's max length); they are stored in fp16, one file per class, in ``workdir/text_embeds/``,
    and read class by class when used, so no process holds every class's embeddings.
-3. Per plan item, Algorithm 1 (:func:`~synthaug.generators.embedding_mix.mix_embeddings`) mixes embeddings
+3. Per plan item, Algorithm 1 (:func:`~synthaug.generators.embedding_splice.splice_embeddings`) splices embeddings
    of the item's class into a new one, passed as ``prompt_embeds`` with the empty prompt's embedding as
    ``negative_prompt_embeds`` for classifier-free guidance.
 4. ``mode`` (the study compares both): ``pretrained`` samples a text-to-image Stable Diffusion pipeline
-   conditioned on the mixed embedding alone; ``finetuned`` first fine-tunes it InstructPix2Pix-style
+   conditioned on the spliced embedding alone; ``finetuned`` first fine-tunes it InstructPix2Pix-style
    (Brooks et al., 2023; diffusers' ``train_instruct_pix2pix.py``): the UNet gets 4 more input channels for
    the VAE latent of a random image of the same class, and learns to denoise a real image given that image
-   and a mixed embedding of its class. Sampling then conditions on a random same-class image plus a mixed
+   and a spliced embedding of its class. Sampling then conditions on a random same-class image plus a spliced
    embedding through ``StableDiffusionInstructPix2PixPipeline``.
 
 Every random choice for an item (start embedding, rows, columns, conditioning image, noise) comes from the
@@ -60,7 +60,7 @@ from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, denoising_target, make_accelerator, process_state, train_diffusion,
 )
 from synthaug.data.captions import caption, check_template
-from synthaug.generators.embedding_mix import mix_embeddings
+from synthaug.generators.embedding_splice import splice_embeddings
 from synthaug.generators.sd_common import (
     Precision, SchedulerName, item_generators, load_pipeline, optimize_for_inference, resolve_checkpoint,
     set_scheduler,
@@ -195,7 +195,7 @@ class ClassEmbeddings:
 
 @register_generator("mvc")
 class MVCGenerator(Generator):
-    """Stable Diffusion conditioned on MVC-mixed caption embeddings (and, fine-tuned, a same-class image)."""
+    """Stable Diffusion conditioned on MVC-spliced caption embeddings (and, fine-tuned, a same-class image)."""
 
     config_class = MVCConfig
     config: MVCConfig
@@ -299,7 +299,7 @@ class MVCGenerator(Generator):
         pipe = load_pipeline(c.model, device=self.device, pipeline="DiffusionPipeline", dtype=dtype,
                              local_files_only=c.local_files_only)
         if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInstructPix2PixPipeline)):
-            raise SettingError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; mvc mixes "
+            raise SettingError(f"generator.params.model={c.model!r} is a {type(pipe).__name__}; mvc splices "
                              "the CLIP text embeddings of Stable Diffusion 1.x/2.x (StableDiffusionPipeline, "
                              "or an InstructPix2Pix one). Use such a checkpoint, e.g. "
                              "stable-diffusion-v1-5/stable-diffusion-v1-5.")
@@ -349,8 +349,8 @@ class MVCGenerator(Generator):
         if self.caption_source(getattr(real, "captions", None)) == "labels":
             log.warning(
                 "mvc: caption_source is 'labels' (no captioner, no captions with the data), so all captions "
-                "of a class are identical and MVC's embedding mixing (Algorithm 1) does nothing. For "
-                "mixing that mixes, give per-image captions with the data (a manifest caption column; "
+                "of a class are identical and MVC's embedding splicing (Algorithm 1) does nothing. For "
+                "embeddings that differ, give per-image captions with the data (a manifest caption column; "
                 "generator.params.caption_source: data) or a BLIP-2 captioner (generator.params.captioner).")
         if self._embeddings_current():
             if self.config.checkpoint is None:
@@ -415,7 +415,7 @@ class MVCGenerator(Generator):
     # ---------------------------------------------------------------------------------------------- training
     def _training_batch(self, step: int, vae, empty: torch.Tensor, size: int, num_train_timesteps: int, *,
                         generator: torch.Generator | None = None, share: BatchShare = BatchShare()):
-        """This process's ``share`` of step ``step``'s batch: target and condition latents, mixed text embeddings
+        """This process's ``share`` of step ``step``'s batch: target and condition latents, spliced text embeddings
         (with conditioning dropout), noise and timesteps. Every draw of the whole batch comes from (seed, step)
         (``generator``, if given, is that step's generator), in one order whatever the share."""
         c = self.config
@@ -428,8 +428,8 @@ class MVCGenerator(Generator):
             label = tuple(real.labels[i].tolist())
             targets.append(i)
             conditions.append(int(rng.choice(pools[label])))  # 1. a random image of the same class
-            texts.append(mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
-                                        fine_steps=c.fine_steps, rng=rng).embedding)  # 2. Algorithm 1
+            texts.append(splice_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
+                                           fine_steps=c.fine_steps, rng=rng).embedding)  # 2. Algorithm 1
         targets, conditions, texts = share.take(targets), share.take(conditions), share.take(texts)
         to_pixels = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
                                 v2.ToDtype(torch.float32, scale=True)])
@@ -526,7 +526,7 @@ class MVCGenerator(Generator):
         return isinstance(self.pipeline(), StableDiffusionInstructPix2PixPipeline)
 
     def condition(self, item: PlanItem) -> tuple[torch.Tensor, int | None, dict[str, Any]]:
-        """One item's mixed embedding (m, d), its conditioning image (an index into the real images, or
+        """One item's spliced embedding (m, d), its conditioning image (an index into the real images, or
         None for text-only models) and its manifest fields. Every draw comes from the item's seed."""
         c = self.config
         if item.labels is None:
@@ -547,9 +547,9 @@ class MVCGenerator(Generator):
             if start is None:
                 raise SettingError(f"Item {item.item_id!r} names source id {start_id!r}, which is not a real "
                                  f"image of its class {real.schema.names(label)}.")
-        mixed = mix_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
-                               fine_steps=c.fine_steps, rng=rng, start=start)
-        caption_ids = [real.ids[pool[k]] for k in mixed.sources]
+        spliced = splice_embeddings(embeds[_class_key(label)], coarse_steps=c.coarse_steps,
+                                    fine_steps=c.fine_steps, rng=rng, start=start)
+        caption_ids = [real.ids[pool[k]] for k in spliced.sources]
         image_ids = [real.ids[image]] if image is not None else []
         # source_ids: the conditioning image, then the start caption's image (what an item re-made from this
         # line needs), then the other captions' images
@@ -557,7 +557,7 @@ class MVCGenerator(Generator):
                 "source_ids": image_ids + caption_ids}
         if image is not None:
             info["condition_image_id"] = real.ids[image]
-        return mixed.embedding, image, info
+        return spliced.embedding, image, info
 
     def check_loadable(self) -> None:
         self._require_fitted()

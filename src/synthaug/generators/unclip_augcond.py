@@ -4,13 +4,13 @@ Chen, Zhang & Romero-Soriano, "Augmented Conditioning Is Enough For Effective Tr
 2025 (arXiv:2502.04475). diffusers' ``StableUnCLIPImg2ImgPipeline`` (the study: stable-diffusion-2-1-unclip,
 PNDM, 30 steps) is conditioned on the class-name prompt and on the CLIP image embedding of a real training
 image of the item's class, augmented by one of ten methods (:mod:`synthaug.generators.augcond`): the
-unchanged image ("random-image", the baseline), dropout on its embedding, or Mixup / CutMix of two images of
+unchanged image ("random-image", the baseline), dropout on its embedding, or a Mixup / CutMix blend of two images of
 the class, in pixel space or in embedding space, each with or without dropout.
 
 ``fit`` only records the real images (ids, labels, files) under ``workdir/real``; their CLIP image embeddings
 are computed once, in batches, and cached beside them (``clip_image_embeds.safetensors``, read memory-mapped).
 ``sample`` picks and augments them per item, every draw from the item's seed, so an item gives the same
-image whatever batch it is in; only pixel-space mixes are encoded at sampling time, one batch per call.
+image whatever batch it is in; only pixel-space blends are encoded at sampling time, one batch per call.
 The real image ids used are written to the manifest's ``source_ids``.
 
 An unlabelled item (the pseudo-labelled control) is conditioned class-agnostically: its real images are drawn
@@ -152,7 +152,7 @@ class UnCLIPAugCondGenerator(Generator):
         """The augmented image embedding (d,) of each item, and what went into it (for the manifest).
 
         Every random choice (images, λ, box, dropout mask) comes from the item's own seed. Real images come
-        from the cached embeddings (:meth:`real_embeddings`); only pixel-space mixes are encoded, in one
+        from the cached embeddings (:meth:`real_embeddings`); only pixel-space blends are encoded, in one
         batch for all items.
         """
         c, recipe = self.config, self.recipe
@@ -162,29 +162,29 @@ class UnCLIPAugCondGenerator(Generator):
             rng = np.random.default_rng(derive_seed(item.seed, "unclip-augcond"))
             idx = pick_sources(item, real, pools, recipe.num_images, rng, any_class=True)
             info: dict[str, Any] = {"source_ids": [real.ids[i] for i in idx]}
-            mixed = None
-            if recipe.mix is not None:
+            blended = None
+            if recipe.blend is not None:
                 info["mix_lambda"] = sample_lambda(c.mix_alpha, rng)
-            if recipe.mix is not None and recipe.space == "pixel":  # 1. mix the pixels (second resized to the first)
+            if recipe.blend is not None and recipe.space == "pixel":  # 1. blend the pixels (second resized to first)
                 first = image_tensor(real.image(idx[0]))
                 second = image_tensor(real.image(idx[1]), tuple(first.shape[-2:]))
-                if recipe.mix == "mixup":
-                    mixed = to_pil(mixup(first, second, info["mix_lambda"])[None])[0]
+                if recipe.blend == "mixup":
+                    blended = to_pil(mixup(first, second, info["mix_lambda"])[None])[0]
                 else:
                     pixels, info["mix_lambda"] = cutmix(first, second, info["mix_lambda"], rng)
-                    mixed = to_pil(pixels[None])[0]
-            draws.append((rng, idx, info, mixed))
-        pixel_mixes = [mixed for *_, mixed in draws if mixed is not None]
-        encoded = iter(self._encode(pixel_mixes)) if pixel_mixes else iter(())  # 2. one batch of encodes
+                    blended = to_pil(pixels[None])[0]
+            draws.append((rng, idx, info, blended))
+        pixel_blends = [blended for *_, blended in draws if blended is not None]
+        encoded = iter(self._encode(pixel_blends)) if pixel_blends else iter(())  # 2. one batch of encodes
         out = []
-        for rng, idx, info, mixed in draws:
-            if mixed is not None:
+        for rng, idx, info, blended in draws:
+            if blended is not None:
                 embedding = next(encoded)
-            elif recipe.mix is None:  # 3a. one real image: the baseline (and "dropout")
+            elif recipe.blend is None:  # 3a. one real image: the baseline (and "dropout")
                 embedding = self._real_embedding(idx[0])
-            else:  # 3b. mix the two cached embeddings
+            else:  # 3b. blend the two cached embeddings
                 first, second = self._real_embedding(idx[0]), self._real_embedding(idx[1])
-                if recipe.mix == "mixup":
+                if recipe.blend == "mixup":
                     embedding = mixup(first, second, info["mix_lambda"])
                 else:
                     embedding, info["mix_lambda"] = cutmix_embedding(first, second, info["mix_lambda"], rng)
@@ -202,7 +202,7 @@ class UnCLIPAugCondGenerator(Generator):
 
     def sample(self, items: Sequence[PlanItem]) -> list[Generated]:
         """One image per item, in item order, with its prompt (``text``), the real image ids used
-        (``source_ids``) and the mixing weight λ (``mix_lambda``), if any.
+        (``source_ids``) and the blend's weight λ (``mix_lambda``), if any.
 
         Raises:
             FileNotFoundError: if fit has not recorded real images, or the checkpoint cannot be loaded.

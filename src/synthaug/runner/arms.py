@@ -14,7 +14,7 @@ from synthaug.runner.generate import synthetic_images, synthetic_stage
 from synthaug.runner.pseudo import pseudo_stage
 from synthaug.runner import train
 from synthaug.train.data import attach_translation_targets
-from synthaug.train.mixing import keep_by_share
+from synthaug.train.batch_composition import keep_by_share
 from synthaug.utils import write_json
 
 log = logging.getLogger(__name__)

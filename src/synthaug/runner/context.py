@@ -46,7 +46,7 @@ from synthaug.runlock import RunLock
 from synthaug.runner.records import StageRecords
 from synthaug.torch_utils import resolve_device
 from synthaug.train.config import PERFORMANCE, TrainConfig
-from synthaug.train.mixing import class_shares
+from synthaug.train.batch_composition import class_shares
 from synthaug.utils import read_json
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Classifier training. Configs and registries (:mod:`synthaug.train.config`) are plain data; the names below
 resolve lazily (PEP 562), so ``import synthaug.train.config`` does not import torch."""
 
-from synthaug.train.config import BATCH_MIXES, AUGMENTS, LOSSES, MIXING, ModelConfig, TrainConfig
+from synthaug.train.config import AUGMENTS, BATCH_COMPOSITION, LOSSES, MIXUP_CUTMIX, ModelConfig, TrainConfig
 
-_LAZY = {"predict": "loop", "train_classifier": "loop", "create_loss": "losses", "make_batches": "mixing",
-         "batch_prior": "mixing",
+_LAZY = {"predict": "loop", "train_classifier": "loop", "create_loss": "losses", "make_batches": "batch_composition",
+         "batch_prior": "batch_composition",
          "create_classifier": "models", "load_classifier": "models", "parameter_counts": "models"}
 
 
@@ -16,6 +16,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'synthaug.train' has no attribute {name!r}")
 
 
-__all__ = ["AUGMENTS", "BATCH_MIXES", "LOSSES", "MIXING", "ModelConfig", "TrainConfig", "batch_prior",
+__all__ = ["AUGMENTS", "BATCH_COMPOSITION", "LOSSES", "MIXUP_CUTMIX", "ModelConfig", "TrainConfig", "batch_prior",
            "create_classifier", "create_loss", "load_classifier", "make_batches", "parameter_counts", "predict",
            "train_classifier"]

@@ -9,10 +9,10 @@ The presets of the DeepFashion attribute study build on each other:
 - ``soft``: basic + zoom (a random centre crop resized back) + colour jitter + random affine;
 - ``hard``: soft + sharpness + contrast;
 - ``synthetic``: the ``hard`` transform; choosing it means the arm trains on generated images too, so the
-  training config requires a mixing strategy that uses them (see :data:`SYNTHETIC_PRESETS`).
+  training config requires a batch composition (``train.mixing``) that uses them (see :data:`SYNTHETIC_PRESETS`).
 
 ``autoaugment``, ``randaugment`` and ``trivialaugment`` add torchvision's learned / random policies after a
-horizontal flip. Batch-level CutMix / MixUp live in :mod:`synthaug.train.batch_mix`.
+horizontal flip. Batch-level CutMix / MixUp live in :mod:`synthaug.train.mixup`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Classifier-training configs as plain data (pydantic only: no torch, timm or torchvision).
 
-The registries of losses, mixing strategies, augmentation presets and batch mixes are declared here by name
+The registries of losses, batch composition strategies (``mixing``), augmentation presets and MixUp / CutMix
+variants (``batch_mix``) are declared here by name
 and import path, so a config validates without importing their implementations; each implementation module
 registers itself into the same registry.
 """
@@ -19,29 +20,29 @@ LOSSES: Registry = Registry("loss", {
     "weighted-ce": "synthaug.train.losses:WeightedCrossEntropy",
     "balanced-softmax": "synthaug.train.losses:BalancedSoftmax",
 })
-MIXING: Registry = Registry("mixing strategy", {
-    "real-only": "synthaug.train.mixing:RealOnly",
-    "combined": "synthaug.train.mixing:Combined",
-    "oversample": "synthaug.train.mixing:Oversample",
-    "oversample-synthetic": "synthaug.train.mixing:OversampleSynthetic",
-    "balanced-batch": "synthaug.train.mixing:BalancedBatch",
-    "rsp": "synthaug.train.mixing:RandomSelection",
-    "two-phase": "synthaug.train.mixing:TwoPhase",
+BATCH_COMPOSITION: Registry = Registry("mixing strategy", {
+    "real-only": "synthaug.train.batch_composition:RealOnly",
+    "combined": "synthaug.train.batch_composition:Combined",
+    "oversample": "synthaug.train.batch_composition:Oversample",
+    "oversample-synthetic": "synthaug.train.batch_composition:OversampleSynthetic",
+    "balanced-batch": "synthaug.train.batch_composition:BalancedBatch",
+    "rsp": "synthaug.train.batch_composition:RandomSelection",
+    "two-phase": "synthaug.train.batch_composition:TwoPhase",
 })
 AUGMENTS: Registry = Registry("augmentation preset", {
     name: f"synthaug.train.augment:preset_{name}"
     for name in ("none", "digits", "basic", "soft", "hard", "synthetic", "autoaugment", "randaugment",
                  "trivialaugment")
 })
-BATCH_MIXES: Registry = Registry("batch mix", {
-    "none": "synthaug.train.batch_mix:NoMix",
-    "cutmix": "synthaug.train.batch_mix:CutMix",
-    "mixup": "synthaug.train.batch_mix:MixUp",
-    "cutmix-or-mixup": "synthaug.train.batch_mix:CutMixOrMixUp",
+MIXUP_CUTMIX: Registry = Registry("batch mix", {
+    "none": "synthaug.train.mixup:NoMixupCutmix",
+    "cutmix": "synthaug.train.mixup:CutMix",
+    "mixup": "synthaug.train.mixup:MixUp",
+    "cutmix-or-mixup": "synthaug.train.mixup:CutMixOrMixUp",
 })
 
-REAL_ONLY = {"real-only", "oversample"}  # mixing strategies that never use the synthetic set
-SHARE_MIXINGS = {"balanced-batch", "rsp", "oversample-synthetic"}  # mixing strategies that take synthetic_share
+REAL_ONLY = {"real-only", "oversample"}  # batch compositions (train.mixing) that never use the synthetic set
+SHARE_COMPOSITIONS = {"balanced-batch", "rsp", "oversample-synthetic"}  # batch compositions that take synthetic_share
 PRIOR_LOSSES = {"weighted-ce", "balanced-softmax"}  # losses built from the class distribution (the prior)
 PERFORMANCE = {"num_workers", "image_cache_mb"}  # fields that change neither weights nor metrics: in no fingerprint
 SYNTHETIC_PRESETS = {"synthetic"}  # augmentation presets that imply the arm uses the synthetic set
@@ -119,18 +120,20 @@ class TrainConfig(_WithAddedFields):
     # effective step); N_i are the expected images of class i in one epoch of the arm's batches (see `prior`).
     weight_k: float = Field(1.0, gt=0)
     # weighted-ce / balanced-softmax: the class distribution the loss corrects for. "auto": the one the arm's
-    # batches follow (real + synthetic counts for combined and two-phase phase 1, the expected batch mix for
-    # balanced-batch / rsp, uniform for oversample and oversample-synthetic); "real": the real images' counts.
+    # batches follow (real + synthetic counts for combined and two-phase phase 1, the expected batch composition
+    # for balanced-batch / rsp, uniform for oversample and oversample-synthetic); "real": the real images' counts.
     # Written to prior.json.
     prior: Literal["auto", "real"] = "auto"
+    # batch composition, how batches draw on the real and synthetic sets (synthaug.train.batch_composition):
     # real-only, combined, balanced-batch, oversample, oversample-synthetic, rsp, two-phase
-    mixing: registered(MIXING) = "real-only"
+    mixing: registered(BATCH_COMPOSITION) = "real-only"
     # balanced-batch: the synthetic part of every batch (round(batch_size × share) images, at least one real and
     # one synthetic); rsp: the probability p that a batch slot is synthetic; oversample-synthetic: the most of a
     # class's draws that are synthetic (the rest are its real images, oversampled)
     synthetic_share: float = Field(0.5, ge=0, lt=1)
     augment: registered(AUGMENTS) = "none"  # preset: none, basic, soft, hard, synthetic, autoaugment, ...
-    batch_mix: registered(BATCH_MIXES) = "none"  # cutmix, mixup, cutmix-or-mixup (soft targets per group)
+    # MixUp / CutMix of the batch (synthaug.train.mixup): cutmix, mixup, cutmix-or-mixup (soft targets per group)
+    batch_mix: registered(MIXUP_CUTMIX) = "none"
     batch_mix_alpha: float = Field(1.0, gt=0)  # CutMix/MixUp: λ ~ Beta(α, α)
     epochs: int = Field(15, ge=1)  # epochs (two-phase: of phase 1, on real + synthetic images)
     phase2_epochs: int = Field(0, ge=0)  # two-phase: epochs of real-only fine-tuning after phase 1
@@ -148,7 +151,7 @@ class TrainConfig(_WithAddedFields):
     # ω: the loss of every synthetic image is multiplied by this (DiffuLT's ω, Shao et al. 2024; DataDream's λ):
     # loss = (Σ_real ℓ + ω Σ_synthetic ℓ) / batch size. The class prior (`prior`) is the batches' label
     # distribution whatever ω. With CutMix/MixUp each label share's loss is weighted by the ω of the image it
-    # comes from (see synthaug.train.batch_mix)
+    # comes from (see synthaug.train.mixup)
     synthetic_weight: float = Field(1.0, ge=0)
     # targets of ddpm translations (translate_from): hard (the class made) or soft (Diff-Mix's mixture label);
     # soft needs the synthetic set's soft targets (synthaug.train.data.attach_translation_targets)
@@ -235,7 +238,7 @@ class TrainConfig(_WithAddedFields):
                      f"applies to mixings that train on synthetic images, but mixing {self.mixing!r} uses real "
                      "images only")
         rules = {
-            "synthetic_share": (self.mixing in SHARE_MIXINGS,
+            "synthetic_share": (self.mixing in SHARE_COMPOSITIONS,
                                 f"applies to mixing balanced-batch, rsp or oversample-synthetic, but mixing is "
                                 f"{self.mixing!r}"),
             "weight_k": (self.loss == "weighted-ce", f"applies to loss weighted-ce, but loss is {self.loss!r}"),

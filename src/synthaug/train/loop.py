@@ -1,6 +1,7 @@
-"""Classifier training: any model, loss, augmentation preset, batch mix (CutMix/MixUp) and real+synthetic
-mixing strategy, with linear warm-up then cosine decay (plus a real-only fine-tuning phase for ``two-phase``),
-per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the phase of each epoch).
+"""Classifier training: any model, loss, augmentation preset, MixUp / CutMix (``batch_mix``) and batch composition
+of real + synthetic images (``mixing``), with linear warm-up then cosine decay (plus a real-only fine-tuning phase
+for ``two-phase``), per-epoch checkpoints (bit-exact resume after an interruption) and curves (CSV + PNG, with the
+phase of each epoch).
 
 Under ``accelerate launch`` with several processes the same function trains data-parallel (DDP): each process
 takes its share of every batch (:mod:`synthaug.processes`) and the main process alone writes files."""
@@ -21,13 +22,13 @@ from synthaug.data.schema import LabeledImages
 from synthaug.errors import SettingError
 from synthaug.processes import Processes
 from synthaug.train.augment import create_transform, eval_transform
-from synthaug.train.batch_mix import create_batch_mix, hard_labels
+from synthaug.train.batch_composition import batch_prior, make_batches
 from synthaug.train import checkpoint
 from synthaug.train.data import EpochBatches, ImageSet, seeded_batches
 from synthaug.train.config import PRIOR_LOSSES, TrainConfig
 from synthaug.train.curves import training_curves_plot, write_curves
 from synthaug.train.losses import create_loss
-from synthaug.train.mixing import batch_prior, make_batches
+from synthaug.train.mixup import create_mixup_cutmix, hard_labels
 from synthaug.train.models import (
     Classifier, create_classifier, parameter_counts, pretrained_input_size, save_classifier,
 )
@@ -151,7 +152,7 @@ def train_classifier(
     data = ImageSet(real, synthetic, transform, image_size, cache_mb=cfg.image_cache_mb, soft_targets=soft)
     synth_labels = data.labels[data.num_real:]
     criteria = _criteria(cfg, real, synth_labels, workdir if main else None, device)
-    mixer = create_batch_mix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
+    mixup = create_mixup_cutmix(cfg.batch_mix, real.schema.group_sizes, cfg.batch_mix_alpha)
 
     def epoch_batches(epoch: int):
         rng = np.random.default_rng(derive_seed(seed, "epoch", epoch))
@@ -180,7 +181,7 @@ def train_classifier(
         sampler.batches = processes.shard(seeded_batches(epoch_batches(epoch), derive_seed(seed, "augment", epoch)))
         criterion = criteria[cfg.phase(epoch)]
         row = {"epoch": epoch + 1, "phase": cfg.phase(epoch),
-               **_train_epoch(net, loader, mixer, criterion, optimizer, schedule, scaler, device, precision,
+               **_train_epoch(net, loader, mixup, criterion, optimizer, schedule, scaler, device, precision,
                               processes=processes, synthetic_weight=cfg.synthetic_weight)}
         if val is not None and len(val) and main:
             logits = predict(model, val, image_size, device=device)
@@ -229,14 +230,14 @@ def _criteria(cfg: TrainConfig, real: LabeledImages, synth_labels: np.ndarray, w
     return criteria
 
 
-def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixer, criterion, optimizer, schedule,
+def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixup, criterion, optimizer, schedule,
                  scaler: torch.amp.GradScaler, device: torch.device, precision: str, *,
                  processes: Processes = Processes(), synthetic_weight: float = 1.0) -> dict:
     """One pass over ``loader``: ``{"lr": rate of the last step, "train_loss": ..., "train_acc": ...}``, the
     loss and accuracy over the images of all ``processes``.
 
-    With ``synthetic_weight`` ω ≠ 1, synthetic images' losses are weighted by ω (real ones by 1); the mixer
-    carries the weights through CutMix/MixUp (:meth:`synthaug.train.batch_mix.BatchMix.mix`).
+    With ``synthetic_weight`` ω ≠ 1, synthetic images' losses are weighted by ω (real ones by 1); ``mixup``
+    carries the weights through CutMix/MixUp (:meth:`synthaug.train.mixup.MixupCutmix.mix`).
 
     ``model`` is the classifier, or its DDP wrapper. With CutMix/MixUp the accuracy counts the class with the
     larger share of each soft target. With fp16 the loss is scaled (``scaler``); a step whose gradients overflow
@@ -247,11 +248,11 @@ def _train_epoch(model: torch.nn.Module, loader: DataLoader, mixer, criterion, o
     total_loss, correct, seen, lr = 0.0, 0.0, 0, float("nan")
     for x, y, synthetic in loader:
         if synthetic_weight == 1:
-            x, y = mixer(x.to(device), y.to(device))
+            x, y = mixup(x.to(device), y.to(device))
             weights = None
         else:
             weights = torch.where(synthetic, synthetic_weight, 1.0).to(device)
-            x, y, weights = mixer.mix(x.to(device), y.to(device), weights)
+            x, y, weights = mixup.mix(x.to(device), y.to(device), weights)
         with autocast(device, precision):
             logits = model(x)
         loss = criterion(logits.float(), y) if weights is None else criterion(logits.float(), y, weights)

@@ -7,7 +7,7 @@ synthetic loss weight ω); the batch loss is Σ_b weight_b · loss_b / B, so a w
 gradient and leaves the others' as they were.
 
 ``class_counts`` are, per group, the images of each class that the training batches hold (per epoch, possibly
-fractional expectations: see :func:`synthaug.train.mixing.batch_prior`); plain cross-entropy ignores them.
+fractional expectations: see :func:`synthaug.train.batch_composition.batch_prior`); plain cross-entropy ignores them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A search-space entry is keyed by a dotted path: ``train.<field>`` (any classifier-training field, e.g.
 ``train.lr``, ``train.model.dropout``, ``train.betas.0`` for Adam's β1) or a synthetic-data knob:
 ``synthetic.set`` (categorical: which synthetic set, ``main`` or a name in ``synthetic_sets``) and
-``synthetic.per_class`` (int: generated images kept per class). The mixing strategy and the synthetic share /
+``synthetic.per_class`` (int: generated images kept per class). The batch composition and the synthetic share /
 RSP probability are training fields (``train.mixing``, ``train.synthetic_share``). The share of each class's
 synthetic images an arm uses is searched per shot group or per class: ``train.synthetic_ratio.<group or class>``
 entries, or ``tune.synthetic_ratio`` ({per: group | class, and the range or choices}), which adds one such entry

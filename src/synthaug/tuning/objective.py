@@ -32,7 +32,7 @@ from synthaug.data.stats import ShotThresholds
 from synthaug.errors import SettingError
 from synthaug.train import checkpoint
 from synthaug.train.config import REAL_ONLY, TrainConfig
-from synthaug.train.mixing import SHOT_GROUPS, class_shares, keep_by_share
+from synthaug.train.batch_composition import SHOT_GROUPS, class_shares, keep_by_share
 from synthaug.tuning.config import MAIN_SET, RATIO, ParamSpec, TuneConfig
 from synthaug.utils import derive_seed
 

@@ -1,10 +1,11 @@
-"""Mixing Visual Concepts (MVC): new text embeddings made from the caption embeddings of one class.
+"""Embedding splicing, Algorithm 1 of Mixing Visual Concepts (MVC): new text embeddings spliced together from the
+caption embeddings of one class.
 
 Al Rahat & Venkateswara, "Dataset Augmentation by Mixing Visual Concepts", 2024 (arXiv:2412.15358),
 Algorithm 1. Each real image of a class has a caption; its CLIP text embedding is a matrix
 e ∈ R^{m×d} (m tokens, d features). A new embedding starts as a copy of one of them and receives
-blocks of rows (coarse mixing) and pieces of single rows (fine mixing) from other embeddings of the
-same class, so it never leaves the set of values that class's captions produce.
+blocks of rows (the paper's coarse mixing) and pieces of single rows (its fine mixing) from other embeddings of
+the same class, so it never leaves the set of values that class's captions produce.
 
 Everything random is drawn from the ``numpy.random.Generator`` passed in, so one item's seed fixes its
 embedding whatever else is generated beside it.
@@ -20,8 +21,8 @@ from synthaug.errors import SettingError
 
 
 @dataclass(frozen=True)
-class MixedEmbedding:
-    """A mixed embedding and where its values came from.
+class SplicedEmbedding:
+    """A spliced embedding and where its values came from.
 
     Attributes:
         embedding: the new (m, d) embedding.
@@ -47,11 +48,11 @@ def _other(n: int, current: int, rng: np.random.Generator) -> int:
     return k + (k >= current)
 
 
-def mix_embeddings(
+def splice_embeddings(
     embeddings: torch.Tensor, *, coarse_steps: int, fine_steps: int, rng: np.random.Generator,
     start: int | None = None,
-) -> MixedEmbedding:
-    """Algorithm 1 of MVC: a new embedding from the caption embeddings of one class.
+) -> SplicedEmbedding:
+    """Algorithm 1 of MVC: a new embedding spliced from the caption embeddings of one class.
 
     Args:
         embeddings: (n, m, d) caption embeddings of one class, n >= 1.
@@ -61,7 +62,7 @@ def mix_embeddings(
         start: index of the start embedding; None picks one at random.
 
     Returns:
-        The (m, d) mixed embedding (a new tensor) and the indices it was made from.
+        The (m, d) spliced embedding (a new tensor) and the indices it was made from.
 
     Raises:
         ValueError: if the shapes or step counts are invalid.
@@ -77,19 +78,19 @@ def mix_embeddings(
     #    depend on whether the start was planned
     drawn = int(rng.integers(n))
     base = drawn if start is None else start
-    mixed = embeddings[base].clone()
+    spliced = embeddings[base].clone()
     sources = [base]
-    # 2. coarse mixing, P times: rows r:s from another embedding of the class
+    # 2. coarse mixing (the paper's term), P times: rows r:s from another embedding of the class
     for _ in range(coarse_steps):
         k = _other(n, base, rng)
         r, s = _span(m, rng)
-        mixed[r:s] = embeddings[k, r:s]
+        spliced[r:s] = embeddings[k, r:s]
         sources.append(k)
     # 3. fine mixing, Q times: row w, columns u:v from another embedding of the class
     for _ in range(fine_steps):
         k = _other(n, base, rng)
         w = int(rng.integers(m))
         u, v = _span(d, rng)
-        mixed[w, u:v] = embeddings[k, w, u:v]
+        spliced[w, u:v] = embeddings[k, w, u:v]
         sources.append(k)
-    return MixedEmbedding(mixed, tuple(dict.fromkeys(sources)))
+    return SplicedEmbedding(spliced, tuple(dict.fromkeys(sources)))

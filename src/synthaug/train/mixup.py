@@ -1,4 +1,5 @@
-"""Batch-level CutMix and MixUp for multi-head (grouped) labels, registered by name.
+"""MixUp and CutMix (config key ``train.batch_mix``): mixed-sample augmentation of a training batch, for multi-head
+(grouped) labels; the variants are registered by name in :data:`MIXUP_CUTMIX`.
 
 torchvision's ``v2.CutMix`` / ``v2.MixUp`` mix image i with image i−1 of the batch and one-hot labels with
 the same weights. Calling them with labels ``arange(B)`` and ``num_classes = B`` returns that mixing
@@ -10,8 +11,11 @@ soft (B, Σ C_g) (Diff-Mix translation targets) are mixed the same way, ``W @ ta
 Per-item loss weights v (the synthetic loss weight ω: 1 for real images, ω for synthetic ones) follow the label
 shares: a mixed item's loss is Σ_j W_ij v_j · loss(logits_i, y_j), each share's loss weighted by the image it came
 from. Since the loss is linear in its target, that is the weight m_i = Σ_j W_ij v_j times the loss against the
-target Σ_j W_ij v_j y_j / m_i, which :meth:`BatchMix.mix` returns (a real image with a box of a synthetic one:
+target Σ_j W_ij v_j y_j / m_i, which :meth:`MixupCutmix.mix` returns (a real image with a box of a synthetic one:
 weight λ + (1 − λ) ω, target shares λ : (1 − λ) ω). Items of weight 0 keep ``W @ y`` as target.
+
+Not to be confused with how batches are drawn from the real and synthetic sets (``train.mixing``,
+:mod:`synthaug.train.batch_composition`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from synthaug.train.config import BATCH_MIXES  # noqa: F401  (re-exported)
+from synthaug.train.config import MIXUP_CUTMIX  # noqa: F401  (re-exported)
 from synthaug.errors import SettingError
 
 
-
-class BatchMix:
-    """Mixes a batch of images and their grouped labels.
+class MixupCutmix:
+    """Base of the MixUp / CutMix variants: mixes the images of a batch pairwise, and their grouped labels alike.
 
     Args:
         group_sizes: classes per label group.
@@ -61,46 +64,46 @@ class BatchMix:
         b = len(images)
         t = self.transform(b)
         if t is None or b < 2:
-            mixing = torch.eye(b, device=images.device)
+            matrix = torch.eye(b, device=images.device)  # the mixing matrix W (module docstring)
         else:
-            images, mixing = t(images, torch.arange(b, device=images.device))
-        targets = soft_targets(labels, self.group_sizes).to(mixing.dtype)
+            images, matrix = t(images, torch.arange(b, device=images.device))
+        targets = soft_targets(labels, self.group_sizes).to(matrix.dtype)
         if weights is None:
-            return images, mixing @ targets, None
-        weights = weights.to(mixing.dtype)
-        mixed_weights = mixing @ weights
-        weighted = mixing @ (weights[:, None] * targets)
+            return images, matrix @ targets, None
+        weights = weights.to(matrix.dtype)
+        mixed_weights = matrix @ weights
+        weighted = matrix @ (weights[:, None] * targets)
         kept = mixed_weights > 0
-        mixed = torch.where(kept[:, None], weighted / torch.where(kept, mixed_weights, 1)[:, None], mixing @ targets)
+        mixed = torch.where(kept[:, None], weighted / torch.where(kept, mixed_weights, 1)[:, None], matrix @ targets)
         return images, mixed, mixed_weights
 
 
-@BATCH_MIXES.register("none")
-class NoMix(BatchMix):
-    """No batch mixing: images and hard (B, G) labels pass through unchanged."""
+@MIXUP_CUTMIX.register("none")
+class NoMixupCutmix(MixupCutmix):
+    """No MixUp or CutMix: images and hard (B, G) labels pass through unchanged."""
 
     def mix(self, images, labels, weights=None):
         return images, labels, weights
 
 
-@BATCH_MIXES.register("cutmix")
-class CutMix(BatchMix):
+@MIXUP_CUTMIX.register("cutmix")
+class CutMix(MixupCutmix):
     """CutMix (Yun et al., 2019): a box of image i−1 pasted into image i; λ is the kept area."""
 
     def transform(self, batch_size):
         return v2.CutMix(num_classes=batch_size, alpha=self.alpha)
 
 
-@BATCH_MIXES.register("mixup")
-class MixUp(BatchMix):
+@MIXUP_CUTMIX.register("mixup")
+class MixUp(MixupCutmix):
     """MixUp (Zhang et al., 2018): λ·image i + (1 − λ)·image i−1."""
 
     def transform(self, batch_size):
         return v2.MixUp(num_classes=batch_size, alpha=self.alpha)
 
 
-@BATCH_MIXES.register("cutmix-or-mixup")
-class CutMixOrMixUp(BatchMix):
+@MIXUP_CUTMIX.register("cutmix-or-mixup")
+class CutMixOrMixUp(MixupCutmix):
     """CutMix or MixUp, chosen with equal probability per batch (as in torchvision's reference recipes)."""
 
     def transform(self, batch_size):
@@ -108,9 +111,9 @@ class CutMixOrMixUp(BatchMix):
                                 v2.MixUp(num_classes=batch_size, alpha=self.alpha)])
 
 
-def create_batch_mix(name: str, group_sizes: Sequence[int], alpha: float = 1.0) -> BatchMix:
-    """The batch mixer registered as ``name`` ("none", "cutmix", "mixup", "cutmix-or-mixup")."""
-    return BATCH_MIXES.get(name)(group_sizes, alpha)
+def create_mixup_cutmix(name: str, group_sizes: Sequence[int], alpha: float = 1.0) -> MixupCutmix:
+    """The MixUp / CutMix variant registered as ``name`` ("none", "cutmix", "mixup", "cutmix-or-mixup")."""
+    return MIXUP_CUTMIX.get(name)(group_sizes, alpha)
 
 
 def soft_targets(labels: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:

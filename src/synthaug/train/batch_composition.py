@@ -1,14 +1,19 @@
-"""Real + synthetic mixing strategies, registered by name.
+"""Batch composition (config key ``train.mixing``): how each epoch's batches are drawn from the real and synthetic
+sets. The strategies (real-only, combined, oversample, oversample-synthetic, balanced-batch, rsp, two-phase) are
+registered by name in :data:`BATCH_COMPOSITION`.
 
 A strategy turns the label arrays of the real and synthetic sets into one epoch of batches. Indices below
 ``num_real`` are real images; ``num_real + j`` is synthetic image j. All randomness comes from the
 ``numpy.random.Generator`` passed in, so an epoch is reproducible from (seed, epoch).
 
-Each strategy also knows the label distribution its batches follow (:meth:`MixingStrategy.expected_counts`):
+Each strategy also knows the label distribution its batches follow (:meth:`CompositionStrategy.expected_counts`):
 the class prior of Balanced Softmax and the N_i of weighted cross-entropy (see :func:`batch_prior`).
 
 Before any strategy runs, ``train.synthetic_ratio`` picks the synthetic images an arm uses at all
-(:func:`class_shares`, :func:`keep_by_share`); every strategy then mixes that subset as it mixes a whole set.
+(:func:`class_shares`, :func:`keep_by_share`); every strategy then composes batches from that subset as it would
+from a whole set.
+
+Not to be confused with MixUp / CutMix of the images within a batch (:mod:`synthaug.train.mixup`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from synthaug.train.config import MIXING, REAL_ONLY, balanced_batch_split  # noqa: F401  (re-exported)
+from synthaug.train.config import BATCH_COMPOSITION, REAL_ONLY, balanced_batch_split  # noqa: F401  (re-exported)
 from synthaug.errors import SettingError
 
 if TYPE_CHECKING:
@@ -119,8 +124,8 @@ def keep_by_share(labels: np.ndarray, shares: Sequence[float]) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-class MixingStrategy:
-    """Base of a mixing strategy: one epoch of batches, and the label distribution those batches follow."""
+class CompositionStrategy:
+    """Base of a batch composition strategy: one epoch of batches, and the label distribution those batches follow."""
 
     prior_rule = ""  # how :meth:`expected_counts` is made, in words (recorded in prior.json)
 
@@ -135,8 +140,8 @@ class MixingStrategy:
         raise NotImplementedError
 
 
-@MIXING.register("real-only")
-class RealOnly(MixingStrategy):
+@BATCH_COMPOSITION.register("real-only")
+class RealOnly(CompositionStrategy):
     """Real images only, shuffled (the synthetic set is ignored)."""
 
     prior_rule = "real class counts"
@@ -148,8 +153,8 @@ class RealOnly(MixingStrategy):
         return class_counts(real_labels, group_sizes)
 
 
-@MIXING.register("combined")
-class Combined(MixingStrategy):
+@BATCH_COMPOSITION.register("combined")
+class Combined(CompositionStrategy):
     """Real and synthetic images concatenated into one shuffled pool."""
 
     prior_rule = "real + synthetic class counts"
@@ -162,8 +167,8 @@ class Combined(MixingStrategy):
         return [r + s for r, s in zip(real, synth)]
 
 
-@MIXING.register("oversample")
-class Oversample(MixingStrategy):
+@BATCH_COMPOSITION.register("oversample")
+class Oversample(CompositionStrategy):
     """Random oversampling of real images: every class (first label group) is resampled with replacement up
     to the largest class's count; synthetic images are ignored. The baseline that synthetic data must beat."""
 
@@ -190,8 +195,8 @@ class Oversample(MixingStrategy):
         return [np.bincount(labels[:, g], weights=draws_per_image, minlength=k) for g, k in enumerate(group_sizes)]
 
 
-@MIXING.register("oversample-synthetic")
-class OversampleSynthetic(MixingStrategy):
+@BATCH_COMPOSITION.register("oversample-synthetic")
+class OversampleSynthetic(CompositionStrategy):
     """Oversampling with synthetic images: every class (first label group) gets T draws an epoch, T = the
     largest class's real + synthetic count; at least ``1 − synthetic_share`` of them are its real images
     (each once, then resampled with replacement, as ``oversample``), the rest distinct synthetic images (a
@@ -242,7 +247,8 @@ class OversampleSynthetic(MixingStrategy):
                 + np.bincount(synth[:, g], weights=w_synth, minlength=k) for g, k in enumerate(group_sizes)]
 
 
-def _mix(real_labels, synth_labels, group_sizes, real_draws: float, synth_draws: float) -> list[np.ndarray]:
+def _expected_from_draws(real_labels, synth_labels, group_sizes, real_draws: float,
+                          synth_draws: float) -> list[np.ndarray]:
     """Expected counts when ``real_draws`` real and ``synth_draws`` synthetic images are drawn in shuffled
     passes (every image of a set equally often)."""
     real, synth = class_counts(real_labels, group_sizes), class_counts(synth_labels, group_sizes)
@@ -250,8 +256,8 @@ def _mix(real_labels, synth_labels, group_sizes, real_draws: float, synth_draws:
     return [r * real_draws / n_real + s * synth_draws / n_synth for r, s in zip(real, synth)]
 
 
-@MIXING.register("balanced-batch")
-class BalancedBatch(MixingStrategy):
+@BATCH_COMPOSITION.register("balanced-batch")
+class BalancedBatch(CompositionStrategy):
     """Every batch holds a fixed real:synthetic share (default 50/50): round(batch_size × share) synthetic.
 
     An epoch is one pass over the real images; synthetic images are drawn in shuffled passes.
@@ -261,8 +267,8 @@ class BalancedBatch(MixingStrategy):
         if not 0 <= synthetic_share < 1:
             raise SettingError(f"synthetic_share must be in [0, 1), but got {synthetic_share=}.")
         self.synthetic_share = synthetic_share
-        self.prior_rule = (f"expected batch mix: {synthetic_share} × synthetic + {1 - synthetic_share:g} × real "
-                           "class distribution (share rounded per batch)")
+        self.prior_rule = (f"expected batch composition: {synthetic_share} × synthetic + {1 - synthetic_share:g} "
+                           "× real class distribution (share rounded per batch)")
 
     def _split(self, n_real: int, n_synth: int, batch_size: int) -> tuple[int, int, int]:
         """(steps, real per batch, synthetic per batch)."""
@@ -280,11 +286,11 @@ class BalancedBatch(MixingStrategy):
 
     def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
         steps, per_real, per_synth = self._split(len(real_labels), len(synth_labels), batch_size)
-        return _mix(real_labels, synth_labels, group_sizes, steps * per_real, steps * per_synth)
+        return _expected_from_draws(real_labels, synth_labels, group_sizes, steps * per_real, steps * per_synth)
 
 
-@MIXING.register("rsp")
-class RandomSelection(MixingStrategy):
+@BATCH_COMPOSITION.register("rsp")
+class RandomSelection(CompositionStrategy):
     """Random selection with probability: each batch slot is synthetic with probability p = synthetic_share.
 
     Real and synthetic images are drawn in shuffled passes (no repeat within a pass). An epoch has
@@ -298,8 +304,8 @@ class RandomSelection(MixingStrategy):
         if not 0 <= synthetic_share < 1:
             raise SettingError(f"synthetic_share (rsp probability) must be in [0, 1), but got {synthetic_share=}.")
         self.synthetic_share = synthetic_share
-        self.prior_rule = (f"expected batch mix: {synthetic_share} × synthetic + {1 - synthetic_share:g} × real "
-                           "class distribution")
+        self.prior_rule = (f"expected batch composition: {synthetic_share} × synthetic + {1 - synthetic_share:g} "
+                           "× real class distribution")
 
     def _slots(self, n_real: int, n_synth: int) -> int:
         if n_synth == 0 and self.synthetic_share > 0:
@@ -319,11 +325,11 @@ class RandomSelection(MixingStrategy):
     def expected_counts(self, real_labels, synth_labels, group_sizes, *, batch_size):
         slots = self._slots(len(real_labels), len(synth_labels))
         p = self.synthetic_share
-        return _mix(real_labels, synth_labels, group_sizes, slots * (1 - p), slots * p)
+        return _expected_from_draws(real_labels, synth_labels, group_sizes, slots * (1 - p), slots * p)
 
 
-@MIXING.register("two-phase")
-class TwoPhase(MixingStrategy):
+@BATCH_COMPOSITION.register("two-phase")
+class TwoPhase(CompositionStrategy):
     """Phase 1: real and synthetic images in one shuffled pool (as ``combined``); phase 2: real images only.
 
     The training loop runs ``epochs`` epochs of phase 1, then ``phase2_epochs`` epochs of phase 2 at a
@@ -344,14 +350,14 @@ class TwoPhase(MixingStrategy):
         return self._strategy.expected_counts(real_labels, synth_labels, group_sizes, batch_size=batch_size)
 
 
-def create_strategy(name: str, *, synthetic_share: float = 0.5, phase: int = 1) -> MixingStrategy:
+def create_strategy(name: str, *, synthetic_share: float = 0.5, phase: int = 1) -> CompositionStrategy:
     """The strategy registered as ``name``, given only the options it takes (``synthetic_share`` for
     balanced-batch / rsp, ``phase`` for two-phase).
 
     Raises:
         UnknownNameError: an unknown name; the message lists the valid names.
     """
-    cls = MIXING.get(name)
+    cls = BATCH_COMPOSITION.get(name)
     options = {"synthetic_share": synthetic_share, "phase": phase}
     return cls(**{k: v for k, v in options.items() if k in inspect.signature(cls).parameters})
 
@@ -362,8 +368,8 @@ def make_batches(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarra
     passed to it; :meth:`synthaug.train.config.TrainConfig.inapplicable` reports them)."""
     if batch_size < 1:
         raise SettingError(f"batch_size must be >= 1, but got {batch_size=}.")
-    mixing = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
-    return mixing.batches(np.asarray(real_labels), np.asarray(synth_labels), batch_size=batch_size, rng=rng)
+    composition = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
+    return composition.batches(np.asarray(real_labels), np.asarray(synth_labels), batch_size=batch_size, rng=rng)
 
 
 def batch_prior(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray, group_sizes: Sequence[int], *,
@@ -385,6 +391,6 @@ def batch_prior(strategy: str, real_labels: np.ndarray, synth_labels: np.ndarray
         return class_counts(real_labels, group_sizes), "real class counts (prior: real)"
     if prior != "auto":
         raise SettingError(f"train.prior must be 'auto' or 'real', but got {prior!r}.")
-    mixing = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
-    counts = mixing.expected_counts(real_labels, synth_labels, group_sizes, batch_size=batch_size)
-    return counts, mixing.prior_rule
+    composition = create_strategy(strategy, synthetic_share=synthetic_share, phase=phase)
+    counts = composition.expected_counts(real_labels, synth_labels, group_sizes, batch_size=batch_size)
+    return counts, composition.prior_rule

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from synthaug.train.mixing import make_batches
+from synthaug.train.batch_composition import make_batches
 
 
 def _labels(counts):
