@@ -169,3 +169,14 @@ def test_studies_that_do_not_apply_say_why(tmp_path):
     text = (run / "report" / "report.html").read_text()
     assert 'id="skipped"' in text and "Study <b>cas</b> skipped: no arm uses the generated set" in text
     assert 'id="fidelity"' not in text and "oracle (balanced real pool)" in text
+
+
+def test_seed_folders_skip_a_redone_seeds_kept_old_result(tmp_path):
+    """``--keep-stale`` keeps ``seed0.stale-<hash>`` beside the redone ``seed0``: the report must not read it as
+    one more seed."""
+    from synthaug.report.results import seed_folders
+
+    for name in ("seed0", "seed0.stale-0123abcd", "seed10", "seed2", "seedling"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "seed3").write_text("a file, not a seed's folder")
+    assert [p.name for p in seed_folders(tmp_path)] == ["seed0", "seed2", "seed10"]

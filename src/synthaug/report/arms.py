@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from synthaug.report.results import run_config, seed_results, shot_means
+from synthaug.report.results import run_config, seed_folders, seed_results, shot_means
 from synthaug.utils import read_json
 
 METRICS = ["accuracy", "many", "medium", "few", "test_loss"]
@@ -42,7 +42,7 @@ def _metric_row(per_seed: list[dict], shot_groups: dict) -> dict[str, Any]:
 
 
 def _seed_metrics(folder: Path) -> list[dict]:
-    return [read_json(p) for p in sorted(folder.glob("seed*/metrics.json"))]
+    return [read_json(f / "metrics.json") for f in seed_folders(folder) if (f / "metrics.json").is_file()]
 
 
 def arm_rows(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -61,7 +61,8 @@ def arm_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         if not per_seed:
             continue
         t = cfg.arm_train(arm)
-        done = [read_json(p) for p in sorted((run_dir / "train" / arm.name).glob("seed*/done.json"))]
+        done = [read_json(f / "done.json") for f in seed_folders(run_dir / "train" / arm.name)
+                if (f / "done.json").is_file()]
         row = {"arm": arm.name, "model": t.model.name, "loss": t.loss, "mixing": t.mixing, "augment": t.augment,
                "batch_mix": t.batch_mix, "optimizer": t.optimizer, "lr": t.lr, "epochs": t.epochs,
                "batch_size": t.batch_size, "synthetic": arm.synthetic,

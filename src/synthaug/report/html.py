@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from synthaug.report import plots
+from synthaug.report.results import seed_folders
 from synthaug.report.arms import HEADER, arm_rows, display_cells, fmt_pct, markdown
 from synthaug.utils import read_json
 
@@ -139,12 +140,12 @@ def _accuracy_pictures(page: _Page, cfg, rows: list[dict], classes, counts, shot
     if real:
         baseline = max(real, key=lambda r: r["accuracy"] or 0)
         series = {f"{baseline['arm']} (best real-only)": _mean_per_class(
-            sorted((run_dir / "train" / baseline["arm"]).glob("seed*")))}
+            seed_folders(run_dir / "train" / baseline["arm"]))}
         if generated:
             best = max(generated, key=lambda r: r["accuracy"] or 0)
             series[f"{best['arm']} (best with synthetic)"] = _mean_per_class(
-                sorted((run_dir / "train" / best["arm"]).glob("seed*")))
-        oracle = _mean_per_class(sorted((run_dir / "evaluation" / "oracle").glob("seed*")))
+                seed_folders(run_dir / "train" / best["arm"]))
+        oracle = _mean_per_class(seed_folders(run_dir / "evaluation" / "oracle"))
         if oracle:
             series["oracle"] = oracle
         png = plots.per_class_comparison(classes, counts, series, page.out / "per_class_baseline_vs_augmented.png",
@@ -152,7 +153,8 @@ def _accuracy_pictures(page: _Page, cfg, rows: list[dict], classes, counts, shot
         body += page.figure(png, "Per-class test accuracy, baseline vs augmented (mean over seeds; classes head → tail"
                                  + (", aggregated by shot group" if len(classes) > plots.MAX_LABELLED_CLASSES else "") + ")")
         for r in [baseline] + ([best] if generated else []):
-            seed0 = sorted((run_dir / "train" / r["arm"]).glob("seed*/metrics.json"))[0]
+            seed0 = next(f / "metrics.json" for f in seed_folders(run_dir / "train" / r["arm"])
+                         if (f / "metrics.json").is_file())
             confusion = next(iter(read_json(seed0)["groups"].values()))["confusion"]
             png = plots.confusion_plot(confusion, classes, page.out / f"confusion_{r['arm']}.png",
                                        f"{r['arm']} ({seed0.parent.name}), rows: true class")
@@ -162,7 +164,8 @@ def _accuracy_pictures(page: _Page, cfg, rows: list[dict], classes, counts, shot
 
     curves = ""
     for arm in cfg.arms:
-        for png in sorted((run_dir / "train" / arm.name).glob("seed*/curves.png"))[:1]:
+        for png in [f / "curves.png" for f in seed_folders(run_dir / "train" / arm.name)
+                    if (f / "curves.png").is_file()][:1]:
             curves += page.figure(png, f"{arm.name} {png.parent.name}: training and validation loss / accuracy")
     if curves:
         page.section("curves", "Training curves", curves + "<p class='note'>First seed of each arm.</p>")
@@ -225,7 +228,7 @@ def _samples_section(page: _Page) -> None:
 
 
 def _cas_section(page: _Page, classes, counts, rows: list[dict]) -> None:
-    folders = sorted((page.run_dir / "evaluation" / "cas").glob("seed*"))
+    folders = seed_folders(page.run_dir / "evaluation" / "cas")
     metrics = [read_json(f / "metrics.json") for f in folders if (f / "metrics.json").is_file()]
     if not metrics:
         return

@@ -5,12 +5,23 @@ read a run through this one module, so none of them imports another to get at re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from synthaug.utils import read_json
+
+
+SEED_FOLDER = re.compile(r"seed\d+")
+
+
+def seed_folders(folder: Path) -> list[Path]:
+    """The ``seed<k>`` folders of a stage (an arm, a study), by seed: not a redone seed's kept old result
+    (``seed0.stale-<hash>``, from ``--keep-stale``), which would count as one more seed."""
+    found = [p for p in Path(folder).glob("seed*") if SEED_FOLDER.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[4:]))
 
 
 def run_config(run_dir: Path):
