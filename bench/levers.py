@@ -1,0 +1,243 @@
+"""The tail levers of issue 25, each alone on the current best synthetic arm, with the protocol of the 19 % / 25 %
+figures (BENCHMARKS "Downstream benchmark"): MNIST-LT ρ = 100, two data draws (``seed`` 0 and 1), 6 classifier
+seeds per arm, paired gains against the strongest non-generative baseline, the oracle's 3 seeds for the gap.
+
+    .venv/bin/python bench/levers.py [--draws 0,1] [--levers base,omega,indist,feedback,translate] [--quick]
+    .venv/bin/python bench/levers.py --table           # print the table of what has finished
+
+Per draw, one run folder per lever that changes the synthetic set or the filters (the others are arms of the
+base run); each copies the base run's data, generator and scoring classifier first, so the generator is trained
+once per draw and every row is paired on the same classifier seeds:
+
+- ``base``: the demo's budget (DDPM 300 steps, DPM-Solver++ 8 trailing steps, small CNN 10 epochs; no CBDM,
+  which costs 1.8× the generator's training: add ``--set generator.params.cbdm_tau=0.25``), the plan
+  over-generated 1.5×, filters confidence (p >= 0.5, ``oversample-digits``) + near-duplicate;
+  arms ``oversample-digits`` (the baseline) and ``best`` (oversample-synthetic on the filtered set), and
+  ``omega`` (``best`` with ``train.synthetic_weight`` 0.5: DiffuLT's ω);
+- ``indist``: the same set, + the in-distribution filter (quantile 0.9 of the class's real distances);
+- ``feedback``: the set sampled with classifier feedback (loss criterion of ``oversample-digits``, scale 0.1,
+  every 2nd step);
+- ``translate``: the set translated from other classes' real images (SDEdit strength 0.7), ``best`` with hard
+  labels and ``soft`` with Diff-Mix's soft labels (γ 0.5);
+- ``combo`` (``--levers combo --set ...``): any combination, given as overrides.
+
+Extra ``--set`` overrides apply to every run (e.g. ``generator.params.train_steps=1000`` with ``--suffix s1000``
+for the compute-scaling curve). Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
+(means over draws of each term); the paired gain is the mean seed-by-seed difference ± its standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import synthaug
+from synthaug.config import load_config
+from synthaug.report.results import shot_means
+from synthaug.utils import read_json
+
+ROOT = Path(__file__).parents[1]
+COLUMNS = ["overall", "many", "medium", "few"]
+SEEDS = [0, 1, 2, 3, 4, 5]
+BASELINE = "oversample-digits"
+FILTERS = ("{name: confidence, classifier_arm: oversample-digits, min_probability: 0.5}, {name: near-duplicate}")
+
+
+def arm(name: str, *, synthetic: bool = True, **train) -> dict:
+    cfg = {"name": name, "train": {"loss": "ce", "mixing": "oversample-synthetic" if synthetic else "oversample",
+                                   "augment": "digits", **train}}
+    if synthetic:
+        cfg.update(synthetic="generated", use_filters=True)
+    return cfg
+
+
+LEVERS: dict[str, dict] = {
+    "base": {"arms": [arm(BASELINE, synthetic=False), arm("best"), arm("omega", synthetic_weight=0.5)],
+             "set": [], "oracle": True},
+    "indist": {"arms": [arm(BASELINE, synthetic=False), arm("indist")],
+               "set": [f"filters=[{FILTERS}, {{name: in-distribution, classifier_arm: {BASELINE}, quantile: 0.9}}]"]},
+    "feedback": {"arms": [arm(BASELINE, synthetic=False), arm("feedback")],
+                 "set": [f"generator.params.feedback={{classifier: {BASELINE}, criterion: loss, scale: 0.1, every: 2}}"]},
+    "translate": {"arms": [arm(BASELINE, synthetic=False), arm("translate-hard"),
+                           arm("translate-soft", translation_labels={"mode": "soft", "gamma": 0.5})],
+                  "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7"]},
+    "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
+}
+# what a lever's run reuses from the base run of its draw (copied before it runs; fingerprints decide reuse):
+# the data, the generator and the baseline (also the scoring and feedback classifier); the same synthetic set
+# and its filter scores where the lever does not resample
+SHARED = ["data", "generator", f"train/{BASELINE}"]
+SAME_SET = ["synthetic", "filter-scores"]
+
+
+def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool, seeds: list[int] = SEEDS) -> list[str]:
+    spec = LEVERS[lever]
+    out = [f"name=levers{suffix}-d{draw}-{lever}", f"seed={draw}", f"seeds={[0] if quick else seeds}",
+           f"arms={spec['arms']}", f"filters=[{FILTERS}]", "plan.overgenerate=1.5",
+           f"evaluation.baseline_arm={BASELINE}",
+           f"evaluation.seeds={[0] if quick else [0, 1, 2]}", "evaluation.cas.enabled=false",
+           "evaluation.replacement.enabled=false", "evaluation.few_shot.enabled=false",
+           "evaluation.targeted.enabled=false", "evaluation.fidelity.enabled=false"]
+    if not spec.get("oracle"):
+        out.append("evaluation.oracle.enabled=false")
+    if quick:  # a few-step generator draws noise that thresholds reject outright: keep the top half instead
+        out = [o.replace("min_probability: 0.5", "keep_top_percent: 50").replace("quantile: 0.9", "quantile: 1.0")
+               for o in out + spec["set"]]
+        out += ["generator.params.train_steps=20", "generator.params.block_out_channels=[16, 32]",
+                "generator.params.norm_num_groups=4", "generator.params.sampling_steps=4", "plan.target=30",
+                "train.epochs=1", "judge.epochs=1"]
+        return out + extra
+    return out + spec["set"] + extra
+
+
+def share_from_base(base: Path, run: Path, lever: str) -> None:
+    """Copies the base run's reusable stages into ``run`` (once: a run that has them keeps its own)."""
+    resamples = any(o.startswith("generator.params.") for o in LEVERS[lever]["set"])
+    for rel in SHARED + ([] if resamples else SAME_SET):
+        if (base / rel).is_dir() and not (run / rel).exists():
+            shutil.copytree(base / rel, run / rel, symlinks=True)
+
+
+def per_seed(run: Path, name: str, shot_groups: dict) -> dict[int, dict[str, float]]:
+    out = {}
+    for seed in SEEDS:
+        path = run / "train" / name / f"seed{seed}" / "metrics.json"
+        if path.is_file():
+            m = read_json(path)
+            out[seed] = {"overall": m["accuracy"], **{k: v for k, v in shot_means(m, shot_groups).items()
+                                                      if k in COLUMNS}}
+    return out
+
+
+def stage_seconds(run: Path, rels: list[str]) -> float:
+    total = 0.0
+    for rel in rels:
+        for record in (run / rel).glob("**/done.json") if (run / rel).is_dir() else []:
+            total += float(read_json(record).get("seconds", 0.0))
+    return total
+
+
+def collect(root: Path, suffix: str, draws: list[int]) -> dict:
+    """Per draw: the baseline's and each arm's per-seed metrics, the oracle's mean, and each arm's compute."""
+    out = {}
+    for draw in draws:
+        base = root / f"levers{suffix}-d{draw}-base"
+        if not (base / "data" / "stats.json").is_file():
+            continue
+        shot_groups = read_json(base / "data" / "stats.json")["groups"][0]["shot_groups"]
+        oracle = [read_json(p) for p in sorted(base.glob("evaluation/oracle/seed*/metrics.json"))]
+        entry = {"baseline": per_seed(base, BASELINE, shot_groups), "arms": {}, "oracle": None}
+        if oracle:
+            entry["oracle"] = {c: float(np.mean([m["accuracy"] if c == "overall" else shot_means(m, shot_groups)[c]
+                                                 for m in oracle])) for c in COLUMNS}
+        for lever, spec in LEVERS.items():
+            run = root / f"levers{suffix}-d{draw}-{lever}"
+            for a in spec["arms"][1:]:
+                seeds = per_seed(run, a["name"], shot_groups)
+                if seeds:
+                    train_s = stage_seconds(run, [f"train/{a['name']}"])
+                    gen_s = stage_seconds(run, ["generator"]) + stage_seconds(run, ["synthetic", "filter",
+                                                                                 "filter-scores"])
+                    entry["arms"][a["name"]] = {"seeds": seeds, "train_s": train_s / len(seeds), "synth_s": gen_s}
+        out[draw] = entry
+    return out
+
+
+def table(results: dict) -> str:
+    """Rows per arm: mean overall / many / medium / few over draws and seeds, the paired few-shot and overall
+    gains (± SE over the seed pairs of both draws), the share of the gap closed, and the compute."""
+    names = sorted({a for entry in results.values() for a in entry["arms"]}, key=list(
+        a["name"] for spec in LEVERS.values() for a in spec["arms"][1:]).index)
+    lines = ["| arm | draws × seeds | overall | many | medium | few | paired gain overall | paired gain few | "
+             "gap closed overall / few | generator + sampling + filters s (per draw) | training s per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mean_of(rows: list[dict[str, float]], col: str) -> float:
+        return float(np.mean([r[col] for r in rows]))
+
+    baseline_rows = [m for e in results.values() for m in e["baseline"].values()]
+    if baseline_rows:
+        lines.append(f"| {BASELINE} (baseline) | {len(results)} × {len(baseline_rows) // max(len(results), 1)} | "
+                     + " | ".join(f"{100 * mean_of(baseline_rows, c):.1f}" for c in COLUMNS) + " | | | | | |")
+    for name in names:
+        pairs = {c: [] for c in COLUMNS}
+        gaps = {c: [] for c in ("overall", "few")}
+        arm_rows, cost = [], []
+        for draw, e in results.items():
+            a = e["arms"].get(name)
+            if a is None:
+                continue
+            common = sorted(set(a["seeds"]) & set(e["baseline"]))
+            for s in common:
+                for c in COLUMNS:
+                    pairs[c].append(a["seeds"][s][c] - e["baseline"][s][c])
+            arm_rows += [a["seeds"][s] for s in common]
+            if e["oracle"] and common:
+                for c in gaps:
+                    base = np.mean([e["baseline"][s][c] for s in common])
+                    gaps[c].append((np.mean([a["seeds"][s][c] for s in common]) - base, e["oracle"][c] - base))
+            cost.append((a["synth_s"], a["train_s"]))
+        if not arm_rows:
+            continue
+
+        def gain(c):
+            d = np.asarray(pairs[c])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            return f"{100 * d.mean():+.2f} ± {100 * se:.2f}"
+
+        def closed(c):
+            if not gaps[c]:
+                return "–"
+            num, den = np.mean([g[0] for g in gaps[c]]), np.mean([g[1] for g in gaps[c]])
+            return f"{100 * num / den:+.0f} %"
+
+        draws = sum(1 for e in results.values() if name in e["arms"])
+        lines.append(f"| {name} | {draws} × {len(arm_rows) // draws} | "
+                     + " | ".join(f"{100 * mean_of(arm_rows, c):.1f}" for c in COLUMNS)
+                     + f" | {gain('overall')} | {gain('few')} | {closed('overall')} / {closed('few')} | "
+                     + f"{np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
+    oracles = [e["oracle"] for e in results.values() if e["oracle"]]
+    if oracles:
+        lines.append(f"| oracle (balanced real pool, 3 seeds) | {len(oracles)} × 3 | "
+                     + " | ".join(f"{100 * np.mean([o[c] for o in oracles]):.1f}" for c in COLUMNS) + " | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--draws", default="0,1")
+    parser.add_argument("--levers", default="base,omega,indist,feedback,translate",
+                        help="which runs (omega is an arm of base)")
+    parser.add_argument("--suffix", default="", help="a tag in the run names, e.g. for another generator budget")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget: a smoke run of the whole path")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                        help="classifier seeds (the protocol's 6 by default; fewer reuse as a prefix of them)")
+    parser.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    draws = [int(d) for d in args.draws.split(",")]
+    suffix = args.suffix + ("-quick" if args.quick else "")
+    levers = [lv for lv in args.levers.split(",") if lv != "omega"]
+    root = Path(load_config(args.config).output_dir)
+    if not args.table:
+        for draw in draws:
+            for lever in ["base"] + [lv for lv in levers if lv != "base"]:
+                cfg = load_config(args.config, overrides(lever, draw, suffix, args.overrides, args.quick,
+                                                         [int(s) for s in args.seeds.split(",")]))
+                if lever != "base":
+                    share_from_base(root / f"levers{suffix}-d{draw}-base", cfg.run_dir, lever)
+                start = time.time()
+                synthaug.run(cfg)
+                print(f"[levers] draw {draw} {lever}: {time.time() - start:.0f} s", flush=True)
+    print(table(collect(root, suffix, draws)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
