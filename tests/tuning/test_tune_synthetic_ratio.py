@@ -174,3 +174,9 @@ def test_trials_of_a_filtered_arm_train_on_the_filtered_set(tmp_path, monkeypatc
     selected = [r for r in map(__import__("json").loads, (ctx.dir / "filter" / "decisions.jsonl").read_text()
                                .splitlines()) if r["selected"]]
     assert len(seen) == 1 and sum(seen[0][1]) == len(selected) == 40  # not the 80 generated
+
+
+@pytest.mark.parametrize("path", ["train.translation_labels", "train.image_cache_mb"])
+def test_settings_that_are_not_hyperparameters_cannot_be_searched(path):
+    with pytest.raises(ConfigError, match=f"tune.space.{path} cannot be searched"):
+        build_config({"tune": {"space": {path: {"type": "categorical", "choices": [1, 2]}}}})

@@ -27,7 +27,12 @@ SYNTHETIC_KNOBS = {"synthetic.set", "synthetic.per_class"}
 RATIO = "train.synthetic_ratio."  # + a class name or shot group: that key's share of synthetic images
 MAIN_SET = "main"  # the experiment's own generated set (its generator and sampling settings as configured)
 # set by the tuner itself: per trial from `epochs`, for the retrained arm from `retrain_epochs`
-NOT_SEARCHABLE = {"train.epochs": "the epochs are tune.epochs per trial and tune.retrain_epochs for the retrain"}
+NOT_SEARCHABLE = {
+    "train.epochs": "the epochs are tune.epochs per trial and tune.retrain_epochs for the retrain",
+    "train.translation_labels": "it is a section ({mode, gamma}) of the training target of translated images; set it "
+                                "in the arm's train section (the translations themselves are made by the generator)",
+    "train.image_cache_mb": "it is a performance setting that changes no result",
+}
 
 
 class _Strict(BaseModel):
