@@ -110,3 +110,16 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     config.write_text(yaml.safe_dump({"data": {"source": "digits"}, "output_dir": str(tmp_path)}))
     with pytest.raises(TypeError, match="an internal bug"):
         main(["stats", str(config)])
+
+
+def test_model_summary_counts_without_reading_the_backbone_weights(tmp_path, capsys):
+    """Parameter counts need no weights: a `train.model.weights` file that is not there yet is not read."""
+    config = {"name": "w", "output_dir": str(tmp_path / "runs"),
+              "data": {"source": "deepfashion-attributes", "root": str(tmp_path / "absent"),
+                       "classes": {"pattern": ["floral", "solid"]}},
+              "train": {"model": {"name": "resnet18", "weights": str(tmp_path / "later" / "resnet18.safetensors")}},
+              "arms": [{"name": "real-ce"}]}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["model-summary", str(path)]) == 0
+    assert "real-ce: resnet18" in capsys.readouterr().out

@@ -197,7 +197,7 @@ def cmd_model_summary(args) -> None:
     schema, channels, size = ctx.model_inputs()
     for arm in _selected_arms(cfg, args.arm):
         tcfg = cfg.arm_train(arm)
-        model_cfg = tcfg.model.model_copy(update={"pretrained": False})  # counts need no weights
+        model_cfg = tcfg.model.model_copy(update={"pretrained": False, "weights": None})  # counts need no weights
         model = create_classifier(model_cfg, schema, channels)
         trainable, total = parameter_counts(model)
         shape = f"{channels}×{size}×{size}" if (size := tcfg.image_size or size) else f"{channels} channels"
