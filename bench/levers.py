@@ -135,6 +135,7 @@ def collect(root: Path, suffix: str, draws: list[int]) -> dict:
         if oracle:
             entry["oracle"] = {c: float(np.mean([m["accuracy"] if c == "overall" else shot_means(m, shot_groups)[c]
                                                  for m in oracle])) for c in COLUMNS}
+            entry["oracle_seeds"] = len(oracle)
         for lever, spec in LEVERS.items():
             run = root / f"levers{suffix}-d{draw}-{lever}"
             for a in spec["arms"][1:]:
@@ -196,14 +197,16 @@ def table(results: dict) -> str:
             num, den = np.mean([g[0] for g in gaps[c]]), np.mean([g[1] for g in gaps[c]])
             return f"{100 * num / den:+.0f} %"
 
-        draws = sum(1 for e in results.values() if name in e["arms"])
-        lines.append(f"| {name} | {draws} × {len(arm_rows) // draws} | "
+        per_draw = "/".join(str(len(set(e["arms"][name]["seeds"]) & set(e["baseline"])))
+                            for e in results.values() if name in e["arms"])
+        lines.append(f"| {name} | {per_draw.count('/') + 1} × {per_draw} | "
                      + " | ".join(f"{100 * mean_of(arm_rows, c):.1f}" for c in COLUMNS)
                      + f" | {gain('overall')} | {gain('few')} | {closed('overall')} / {closed('few')} | "
                      + f"{np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
     oracles = [e["oracle"] for e in results.values() if e["oracle"]]
     if oracles:
-        lines.append(f"| oracle (balanced real pool, 3 seeds) | {len(oracles)} × 3 | "
+        seeds = "/".join(str(e["oracle_seeds"]) for e in results.values() if e["oracle"])
+        lines.append(f"| oracle (balanced real pool) | {len(oracles)} × {seeds} | "
                      + " | ".join(f"{100 * np.mean([o[c] for o in oracles]):.1f}" for c in COLUMNS) + " | | | | | |")
     return "\n".join(lines)
 
