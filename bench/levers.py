@@ -2,7 +2,7 @@
 figures (BENCHMARKS "Downstream benchmark"): MNIST-LT ρ = 100, two data draws (``seed`` 0 and 1), 6 classifier
 seeds per arm, paired gains against the strongest non-generative baseline, the oracle's 3 seeds for the gap.
 
-    .venv/bin/python bench/levers.py [--draws 0,1] [--levers base,omega,indist,feedback,translate] [--quick]
+    .venv/bin/python bench/levers.py [--draws 0,1] [--levers base,omega,feedback,translate,indist,tuned] [--quick]
     .venv/bin/python bench/levers.py --table           # print the table of what has finished
 
 Per draw, one run folder per lever that changes the synthetic set or the filters (the others are arms of the
@@ -14,15 +14,20 @@ once per draw and every row is paired on the same classifier seeds:
   over-generated 1.5×, filters confidence (p >= 0.5, ``oversample-digits``) + near-duplicate;
   arms ``oversample-digits`` (the baseline) and ``best`` (oversample-synthetic on the filtered set), and
   ``omega`` (``best`` with ``train.synthetic_weight`` 0.5: DiffuLT's ω);
-- ``indist``: the same set, + the in-distribution filter (quantile 0.9 of the class's real distances);
+- ``indist``: the same set, + the in-distribution filter (quantile 0.99 of the class's real distances; 0.9
+  rejected 47 % of the set on its own);
 - ``feedback``: the set sampled with classifier feedback (loss criterion of ``oversample-digits``, scale 0.1,
   every 2nd step);
 - ``translate``: the set translated from other classes' real images (SDEdit strength 0.7), ``best`` with hard
   labels and ``soft`` with Diff-Mix's soft labels (γ 0.5);
+- ``tuned``: ``synthaug tune`` in the base run's folder: the share of synthetic images per shot group (0, 0.25,
+  0.5 or 1 for many / medium / few) searched on the validation split, never test, for ``best`` (16 trials of
+  10 epochs), then the best trial retrained on every seed as the arm ``tuned-best``;
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides.
 
-Extra ``--set`` overrides apply to every run (e.g. ``generator.params.train_steps=1000`` with ``--suffix s1000``
-for the compute-scaling curve). Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
+Extra ``--set`` overrides apply to every run. The compute-scaling curve trains the generator longer under another
+run name and keeps only ``best`` (the data, baseline and oracle are copied from the plain base run):
+``--levers base --suffix -s1000 --arms best --set generator.params.train_steps=1000``. Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
 (means over draws of each term); the paired gain is the mean seed-by-seed difference ± its standard error.
 """
 
@@ -60,14 +65,19 @@ LEVERS: dict[str, dict] = {
     "base": {"arms": [arm(BASELINE, synthetic=False), arm("best"), arm("omega", synthetic_weight=0.5)],
              "set": [], "oracle": True},
     "indist": {"arms": [arm(BASELINE, synthetic=False), arm("indist")],
-               "set": [f"filters=[{FILTERS}, {{name: in-distribution, classifier_arm: {BASELINE}, quantile: 0.9}}]"]},
+               "set": [f"filters=[{FILTERS}, {{name: in-distribution, classifier_arm: {BASELINE}, quantile: 0.99}}]"]},
     "feedback": {"arms": [arm(BASELINE, synthetic=False), arm("feedback")],
                  "set": [f"generator.params.feedback={{classifier: {BASELINE}, criterion: loss, scale: 0.1, every: 2}}"]},
     "translate": {"arms": [arm(BASELINE, synthetic=False), arm("translate-hard"),
                            arm("translate-soft", translation_labels={"mode": "soft", "gamma": 0.5})],
                   "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7"]},
     "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
+    # `synthaug tune` on the base run: the share of synthetic images per shot group searched on the validation
+    # split (never test) for the `best` arm, then retrained as the arm tuned-best on every seed
+    "tuned": {"arms": [arm(BASELINE, synthetic=False), {"name": "tuned-best"}], "set": [], "run": "base"},
 }
+TUNE = ("tune={arm: best, synthetic_ratio: {per: group, type: categorical, choices: [0, 0.25, 0.5, 1]}, "
+        "n_trials: 16, epochs: 10, objective: best-val-accuracy, pruner: none, startup_trials: 8}")
 # what a lever's run reuses from the base run of its draw (copied before it runs; fingerprints decide reuse):
 # the data, the generator and the baseline (also the scoring and feedback classifier); the same synthetic set
 # and its filter scores where the lever does not resample
@@ -75,10 +85,12 @@ SHARED = ["data", "generator", f"train/{BASELINE}"]
 SAME_SET = ["synthetic", "filter-scores"]
 
 
-def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool, seeds: list[int] = SEEDS) -> list[str]:
+def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool, seeds: list[int] = SEEDS,
+              only: list[str] | None = None) -> list[str]:
     spec = LEVERS[lever]
+    arms = [a for i, a in enumerate(spec["arms"]) if i == 0 or only is None or a["name"] in only]
     out = [f"name=levers{suffix}-d{draw}-{lever}", f"seed={draw}", f"seeds={[0] if quick else seeds}",
-           f"arms={spec['arms']}", f"filters=[{FILTERS}]", "plan.overgenerate=1.5",
+           f"arms={arms}", f"filters=[{FILTERS}]", "plan.overgenerate=1.5",
            f"evaluation.baseline_arm={BASELINE}",
            f"evaluation.seeds={[0] if quick else [0, 1, 2]}", "evaluation.cas.enabled=false",
            "evaluation.replacement.enabled=false", "evaluation.few_shot.enabled=false",
@@ -86,7 +98,7 @@ def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool,
     if not spec.get("oracle"):
         out.append("evaluation.oracle.enabled=false")
     if quick:  # a few-step generator draws noise that thresholds reject outright: keep the top half instead
-        out = [o.replace("min_probability: 0.5", "keep_top_percent: 50").replace("quantile: 0.9", "quantile: 1.0")
+        out = [o.replace("min_probability: 0.5", "keep_top_percent: 50").replace("quantile: 0.99", "quantile: 1.0")
                for o in out + spec["set"]]
         out += ["generator.params.train_steps=20", "generator.params.block_out_channels=[16, 32]",
                 "generator.params.norm_num_groups=4", "generator.params.sampling_steps=4", "plan.target=30",
@@ -137,7 +149,7 @@ def collect(root: Path, suffix: str, draws: list[int]) -> dict:
                                                  for m in oracle])) for c in COLUMNS}
             entry["oracle_seeds"] = len(oracle)
         for lever, spec in LEVERS.items():
-            run = root / f"levers{suffix}-d{draw}-{lever}"
+            run = root / f"levers{suffix}-d{draw}-{spec.get('run', lever)}"
             for a in spec["arms"][1:]:
                 seeds = per_seed(run, a["name"], shot_groups)
                 if seeds:
@@ -215,13 +227,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--draws", default="0,1")
-    parser.add_argument("--levers", default="base,omega,indist,feedback,translate",
+    parser.add_argument("--levers", default="base,omega,feedback,translate,indist,tuned",
                         help="which runs (omega is an arm of base)")
     parser.add_argument("--suffix", default="", help="a tag in the run names, e.g. for another generator budget")
     parser.add_argument("--quick", action="store_true", help="a tiny budget: a smoke run of the whole path")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="classifier seeds (the protocol's 6 by default; fewer reuse as a prefix of them)")
     parser.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    parser.add_argument("--arms", default=None,
+                        help="only these arms of each run (comma-separated; the baseline always trains), e.g. "
+                             "`best` for the compute-scaling curve")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     draws = [int(d) for d in args.draws.split(",")]
@@ -231,10 +246,28 @@ def main(argv=None) -> int:
     if not args.table:
         for draw in draws:
             for lever in ["base"] + [lv for lv in levers if lv != "base"]:
+                only = None if args.arms is None else args.arms.split(",")
+                if lever == "tuned":  # the search and retrain-best, in the base run's folder
+                    from synthaug.cli import main as cli
+
+                    start = time.time()
+                    tuned = overrides("base", draw, suffix, args.overrides, args.quick,
+                                      [int(s) for s in args.seeds.split(",")], only)
+                    tuned.append(TUNE.replace("n_trials: 16", "n_trials: 2").replace("epochs: 10", "epochs: 1")
+                                 .replace("startup_trials: 8", "startup_trials: 1") if args.quick else TUNE)
+                    if cli(["tune", args.config, *[x for o in tuned for x in ("--set", o)]]):
+                        return 1
+                    print(f"[levers] draw {draw} tuned: {time.time() - start:.0f} s", flush=True)
+                    continue
                 cfg = load_config(args.config, overrides(lever, draw, suffix, args.overrides, args.quick,
-                                                         [int(s) for s in args.seeds.split(",")]))
+                                                         [int(s) for s in args.seeds.split(",")], only))
                 if lever != "base":
                     share_from_base(root / f"levers{suffix}-d{draw}-base", cfg.run_dir, lever)
+                elif args.suffix:  # another generator budget: the data, baseline and oracle of the plain base run
+                    for rel in ["data", f"train/{BASELINE}", "evaluation/oracle"]:
+                        plain = root / f"levers{'-quick' if args.quick else ''}-d{draw}-base" / rel
+                        if plain.is_dir() and not (cfg.run_dir / rel).exists():
+                            shutil.copytree(plain, cfg.run_dir / rel, symlinks=True)
                 start = time.time()
                 synthaug.run(cfg)
                 print(f"[levers] draw {draw} {lever}: {time.time() - start:.0f} s", flush=True)
