@@ -184,3 +184,23 @@ def test_feedback_refuses_classifiers_that_saw_synthetic_images_or_score_the_res
     ctx = feedback_run(tmp_path, given.format(run=tmp_path / "fb"))
     with pytest.raises(SettingError, match=message):
         ctx.generator_config  # noqa: B018
+
+
+@pytest.mark.slow
+def test_a_fresh_run_trains_the_named_arm_before_the_generator_check_and_samples_with_it(tmp_path):
+    """The generator's load check loads the feedback classifier: in a new run folder the arm it names must be
+    trained first, or the run fails after training the generator."""
+    from synthaug.config import build_config
+    from synthaug.runner import open_run
+    from synthaug.runner.generate import synthetic_stage
+
+    cfg = build_config({"output_dir": str(tmp_path), "name": "fresh", "seeds": [0], "progress": False,
+                        "data": {"source": "digits", "longtail": {"imbalance_ratio": 20}},
+                        "generator": {"name": "ddpm", "params": {**TINY, "feedback": {"classifier": "real-ce"}}},
+                        "plan": {"strategy": "fixed", "counts": {"8": 3, "9": 3}},
+                        "train": {"epochs": 1, "batch_size": 64}, "judge": {"enabled": False},
+                        "evaluation": {"enabled": False},
+                        "arms": [{"name": "synth", "synthetic": "generated"}, {"name": "real-ce"}]})
+    store = synthetic_stage(open_run(cfg))
+    assert len(store) == 6
+    assert (tmp_path / "fresh" / "train" / "real-ce" / "seed0" / "model" / "classifier.json").is_file()

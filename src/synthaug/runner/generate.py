@@ -54,6 +54,8 @@ def fit_generator(ctx: RunContext) -> Generator:
     restartable = ctx.generator_trains_nothing
     ctx.records.reuse("generator", ctx.generator_parts, restartable=restartable)  # before this run writes
     data_stage(ctx)
+    if ctx.feedback_arm is not None:  # the classifier that guides sampling (trained on the training split only)
+        train_arm(ctx, ctx.feedback_arm, ctx.cfg.seeds[0])  # must exist before check_loadable loads it
     generator = _generator(ctx)
     # under `accelerate launch` a generator that trains data-parallel fits on every process (rank 0 alone
     # writes the model and the record); any other fits on rank 0 while the others wait
@@ -90,8 +92,6 @@ def _fill_synthetic(ctx: RunContext) -> SyntheticStore:
     with ctx.records.record("synthetic", ctx.synthetic_parts, redo=True, shared=True) as summary:
         store = SyntheticStore(folder, ctx.splits.schema, sync_every=ctx.cfg.plan.sync_every)
         if summary is not None:
-            if ctx.feedback_arm is not None:  # the classifier that guides sampling, trained on the training split
-                train_arm(ctx, ctx.feedback_arm, ctx.cfg.seeds[0])
             items = ctx.plan_items
             listed = len(store.open()) if ctx.is_main else 0
             fill_store(generator, items, store, batch_size=ctx.cfg.plan.batch_size,
