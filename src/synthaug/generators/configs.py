@@ -194,8 +194,9 @@ class SDText2ImgConfig(GeneratorConfig):
     """Sampling knobs. Defaults are Stable Diffusion's own (the diffusers pipeline defaults used by the
     label-caption studies): guidance 7.5, 50 steps, the checkpoint's scheduler (PNDM for SD v1)."""
     sampling_fields: ClassVar[frozenset[str]] = frozenset({"prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
-                                "height", "width", "dtype"})
+                                "height", "width", "dtype", "feedback"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last"})
+    added_fields: ClassVar[dict[str, Any]] = {"feedback": None}
 
     model: str  # a pipeline folder saved with save_pretrained (has model_index.json) or a hub id
     pipeline: str = "auto"  # "auto" = AutoPipelineForText2Image; or a class, e.g. "StableDiffusionXLPipeline"
@@ -213,13 +214,17 @@ class SDText2ImgConfig(GeneratorConfig):
     dtype: Precision | Literal["auto"] = "auto"
     enable_compile: bool = False  # torch.compile the UNet (GPU; first batch slow while it compiles)
     channels_last: bool = False  # channels-last memory format for UNet and VAE (GPU speed-up)
+    # classifier-feedback guidance of sampling (see FeedbackConfig); None = off. Through the pipeline's
+    # callback_on_step_end: each guided step costs one more UNet pass and a VAE decode with its backward pass, and
+    # `scale` is measured in the (scaled) latents, whose spread is about 1. Stable Diffusion 1.x/2.x pipelines only
+    feedback: FeedbackConfig | None = None
 
 
 class SDFinetuneConfig(SDText2ImgConfig):
     """Fine-tuning knobs, then sd-text2img's sampling knobs. Defaults: the DeepFashion study (SD v1-1, 1,500
     steps, rare classes, label captions) where it says, else diffusers' text-to-image training examples."""
     sampling_fields: ClassVar[frozenset[str]] = frozenset({"negative_prompt", "guidance_scale", "num_inference_steps", "scheduler", "height", "width",
-                                "dtype"})
+                                "dtype", "feedback"})
     performance_fields: ClassVar[frozenset[str]] = frozenset({"local_files_only", "enable_compile", "channels_last", "checkpoint_every",
                                    "gradient_checkpointing"})
 

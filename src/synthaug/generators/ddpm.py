@@ -14,6 +14,9 @@ image on CPU and CUDA, whatever the batch.
 With ``translate_from`` an image starts from a real training image instead of pure noise (SDEdit, Meng et al.,
 2022): of another class, Diff-Mix's inter-class translation (Wang et al., CVPR 2024), or of its own. The source is
 picked from the item's seed and named in the manifest's ``source_ids``.
+
+With ``feedback`` a classifier trained on the real data steers sampling by its gradient on each step's predicted
+clean image (Askari-Hemmat et al., 2024; :mod:`~synthaug.generators.feedback`).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from synthaug.data.schema import LabeledImages, LabelSchema
-from synthaug.generators.configs import DDPMConfig, FeedbackConfig
+from synthaug.data.schema import LabeledImages
+from synthaug.generators.configs import DDPMConfig
 from synthaug.generators.base import Generated, Generator, register_generator
 from synthaug.train.checkpoint import MODEL_INFO, StepCheckpoints, check_model_info, reading, recover_model_dir
 from synthaug.generators.diffusion_training import (
     BatchShare, DiffusionTraining, checked_main_first, denoising_target, make_accelerator, train_diffusion,
 )
+from synthaug.generators.feedback import FeedbackGuidance
 from synthaug.generators.real_images import class_pools, pick_sources
 from synthaug.generators.sd_common import item_generators
 from synthaug.imaging import load_tensor, to_pil
@@ -158,138 +162,6 @@ def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, guidance_scale:
     w = 0 gives the null-class (unconditional) prediction, w = 1 the conditional one, w > 1 pushes past it.
     """
     return eps_null + guidance_scale * (eps_cond - eps_null)
-
-
-def predicted_clean(output: torch.Tensor, x: torch.Tensor, alpha_cumprod: torch.Tensor,
-                    prediction_type: str) -> torch.Tensor:
-    """x̂0, the clean image the network's ``output`` at x_t predicts: x̂0 = (x_t − σ ε)/α for ε, α x_t − σ v for v
-    (Salimans & Ho, 2022), the output itself for x0; α = √ᾱ_t, σ = √(1−ᾱ_t)."""
-    alpha, sigma = alpha_cumprod.sqrt(), (1 - alpha_cumprod).sqrt()
-    if prediction_type == "epsilon":
-        return (x - sigma * output) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x - sigma * output
-    return output
-
-
-def output_shift(clean_shift: torch.Tensor, alpha_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The change of the network's output, at a fixed x_t, that moves x̂0 by ``clean_shift``: −(α/σ) Δx̂0 for ε
-    (classifier guidance's ε̂ − σ ∇, Dhariwal & Nichol 2021, with ∇ measured on x̂0), −Δx̂0/σ for v, Δx̂0 for x0.
-    Every sampler reads the shifted output as this x̂0."""
-    alpha, sigma = alpha_cumprod.sqrt(), (1 - alpha_cumprod).sqrt()
-    if prediction_type == "epsilon":
-        return -alpha / sigma * clean_shift
-    if prediction_type == "v_prediction":
-        return -clean_shift / sigma
-    return clean_shift
-
-
-class FeedbackGuidance:
-    """Feedback-guided sampling (Askari-Hemmat et al., TMLR 2024): a classifier trained on the long-tailed real
-    data scores each item's predicted clean image, and the model's output is shifted so that x̂0 moves up the
-    gradient of that score (the settings: :class:`~synthaug.generators.configs.FeedbackConfig`).
-
-    At a guided step: (1) x̂0 from x_t and the output (:func:`predicted_clean`); (2) clamped to [-1, 1], mapped to
-    [0, 1] and through the classifier's own test-time transform (the one :func:`~synthaug.train.loop.predict`
-    applies: resize, centre crop, normalisation; torchvision's ops are differentiable on float tensors); (3) the
-    criterion per item; (4) its gradient w.r.t. x_t, through x̂0 and the UNet, rescaled per item to unit RMS;
-    (5) x̂0 moved by ``scale`` times it (:func:`output_shift`). The study adds the gradient to ε (Dhariwal &
-    Nichol's form ε̂ − √(1−ᾱ) s ∇); on trailing timesteps the first step has ᾱ = 2.4e-9 (squaredcos, t = 999), where
-    that form moves x̂0 by 1/√ᾱ ≈ 20,000 times the shift, so the shift is set on x̂0 instead. Per item and without
-    random draws: an item's image does not depend on the batch it is sampled in.
-    """
-
-    def __init__(self, config: FeedbackConfig, schema: LabelSchema, device: torch.device, channels: int,
-                 real: LabeledImages | None):
-        from synthaug.train.augment import eval_transform
-        from synthaug.train.models import load_classifier
-
-        self.config, field = config, "generator.params.feedback.classifier"
-        try:
-            self.classifier, meta = load_classifier(config.classifier, device)
-        except MissingFileError as e:
-            raise MissingFileError(f"{field}={config.classifier!r} is no classifier folder: {e} An arm's classifier "
-                                   "lies in <run>/train/<arm>/seed<k>/model; use one trained on the training split "
-                                   "only (not the oracle or the judge).") from None
-        wanted, got = schema.groups[0].classes, self.classifier_classes(meta)
-        if list(got) != list(wanted):
-            raise SettingError(f"{field}={config.classifier!r} classifies {list(got)[:6]}..., but this ddpm model "
-                               f"draws {list(wanted)[:6]}...; give a classifier trained on this experiment's data.")
-        self.classifier.requires_grad_(False)
-        self.in_chans = int(meta["in_chans"])
-        if self.in_chans not in (1, 3) or channels not in (1, 3):
-            raise SettingError(f"{field}: a {self.in_chans}-channel classifier cannot read {channels}-channel images.")
-        self.channels = channels
-        self.image_size, self.num_classes = meta["image_size"], len(wanted)
-        self.transform = eval_transform(self.in_chans, self.image_size, self.classifier.normalization)
-        self.centres = self.precision_matrix = None
-        if config.criterion == "hardness":
-            self._fit_class_gaussians(real, device)
-
-    @staticmethod
-    def classifier_classes(meta: dict) -> list[str]:
-        return LabelSchema.from_dict(meta["schema"]).groups[0].classes
-
-    def active(self, index: int, total: int) -> bool:
-        """Whether sampling step ``index`` (of ``total``, counted from the pure-noise step) is guided."""
-        start, end = self.config.steps
-        return self.config.scale != 0 and start <= index / total < end and index % self.config.every == 0
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images as the classifier reads them (channels as PIL converts modes, then its transform)."""
-        if self.in_chans == 3 and self.channels == 1:
-            images = images.expand(-1, 3, -1, -1)
-        elif self.in_chans == 1 and self.channels == 3:  # PIL's "L": ITU-R 601-2 luma
-            images = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return self.transform(images)
-
-    def _fit_class_gaussians(self, real: LabeledImages | None, device: torch.device) -> None:
-        """Class means of the classifier's features on the real training images and the inverse of one shared
-        covariance, shrunk 10 % towards its mean variance (Sehwag et al., 2022 fit a Gaussian per class; with 4
-        images a class that has no inverse, so the classes share one)."""
-        if real is None or not len(real):
-            raise SettingError("generator.params.feedback.criterion='hardness' measures distances to the real "
-                               "training images' class means, but this ddpm generator was given none: run it "
-                               "through `synthaug run`/`generate` (they pass the training split), or call "
-                               "generator.use_real(images) first; or use criterion loss or entropy.")
-        with torch.no_grad():
-            images = load_tensor(real, size=self.image_size)
-            feats = torch.cat([self.classifier.backbone(self._inputs(chunk.to(device))).float()
-                               for chunk in images.split(256)])
-        labels = torch.as_tensor(real.labels[:, 0], device=feats.device)
-        classes = self.num_classes
-        counts = torch.bincount(labels, minlength=classes).clamp_min(1).float()
-        self.centres = torch.zeros(classes, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
-        self.centres /= counts[:, None]
-        within = feats - self.centres[labels]
-        cov = within.T @ within / max(len(feats) - classes, 1)
-        shrunk = 0.9 * cov + 0.1 * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
-        self.precision_matrix = torch.linalg.inv(shrunk + 1e-6 * torch.eye(len(cov), device=cov.device))
-
-    def criterion(self, clean: torch.Tensor, y: torch.Tensor, null: int) -> torch.Tensor:
-        """The criterion of each item's x̂0 ``clean`` (in [-1, 1]) for its class ``y`` (``null``: unlabelled,
-        which only ``entropy`` scores)."""
-        inputs = self._inputs((clean.clamp(-1, 1) + 1) / 2)
-        labelled = y != null
-        target = torch.where(labelled, y, torch.zeros_like(y))
-        kind = self.config.criterion
-        if kind == "hardness":
-            gap = self.classifier.backbone(inputs).float() - self.centres[target]
-            return ((gap @ self.precision_matrix) * gap).sum(1) * labelled
-        logits = self.classifier.split_logits(self.classifier(inputs).float())[0]
-        if kind == "loss":
-            return F.cross_entropy(logits, target, reduction="none") * labelled
-        return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-
-    def shift(self, output: torch.Tensor, x: torch.Tensor, alpha_cumprod: torch.Tensor, prediction_type: str,
-              y: torch.Tensor, null: int) -> torch.Tensor:
-        """``output`` (computed from ``x``, which requires grad) shifted up the criterion's gradient; detached."""
-        clean = predicted_clean(output, x, alpha_cumprod, prediction_type)
-        (grad,) = torch.autograd.grad(self.criterion(clean, y, null).sum(), x)
-        grad = grad.float()
-        rms = grad.pow(2).mean(dim=tuple(range(1, grad.dim())), keepdim=True).sqrt()
-        step = self.config.scale * grad / rms.clamp_min(1e-12)  # items without a push (rms 0) stay put
-        return (output + output_shift(step, alpha_cumprod, prediction_type)).detach()
 
 
 @register_generator("ddpm")
@@ -457,7 +329,8 @@ class DDPMGenerator(Generator):
             return None
         key = (c.model_dump_json(), id(self.real), str(self.device))
         if self._feedback_key != key:
-            self._feedback = FeedbackGuidance(c, self.schema, self.device, unet.config.in_channels, self.real)
+            self._feedback = FeedbackGuidance(c, self.schema, self.device, channels=unet.config.in_channels,
+                                              real=self.real, generator=self.name)
             self._feedback_key = key
         return self._feedback
 
