@@ -94,9 +94,9 @@ def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool,
            f"evaluation.baseline_arm={BASELINE}",
            f"evaluation.seeds={[0] if quick else [0, 1, 2]}", "evaluation.cas.enabled=false",
            "evaluation.replacement.enabled=false", "evaluation.few_shot.enabled=false",
-           "evaluation.targeted.enabled=false", "evaluation.fidelity.enabled=false"]
-    if not spec.get("oracle"):
-        out.append("evaluation.oracle.enabled=false")
+           "evaluation.targeted.enabled=false"]
+    if not spec.get("oracle"):  # the base run alone has the oracle and the fidelity study (bench/fidelity_gain.py)
+        out += ["evaluation.oracle.enabled=false", "evaluation.fidelity.enabled=false"]
     if quick:  # a few-step generator draws noise that thresholds reject outright: keep the top half instead
         out = [o.replace("min_probability: 0.5", "keep_top_percent: 50").replace("quantile: 0.99", "quantile: 1.0")
                for o in out + spec["set"]]
