@@ -18,6 +18,8 @@ once per draw and every row is paired on the same classifier seeds:
   rejected 47 % of the set on its own);
 - ``feedback``: the set sampled with classifier feedback (loss criterion of ``oversample-digits``, scale 0.1,
   every 2nd step);
+- ``feedback-nd``: the ``feedback`` run's guided set with the near-duplicate filter alone (the confidence filter
+  scores with the classifier whose loss feedback raised);
 - ``translate``: the set translated from other classes' real images (SDEdit strength 0.7), ``best`` with hard
   labels and ``soft`` with Diff-Mix's soft labels (γ 0.5);
 - ``tuned``: ``synthaug tune`` in the base run's folder: the share of synthetic images per shot group (0, 0.25,
@@ -68,6 +70,11 @@ LEVERS: dict[str, dict] = {
                "set": [f"filters=[{FILTERS}, {{name: in-distribution, classifier_arm: {BASELINE}, quantile: 0.99}}]"]},
     "feedback": {"arms": [arm(BASELINE, synthetic=False), arm("feedback")],
                  "set": [f"generator.params.feedback={{classifier: {BASELINE}, criterion: loss, scale: 0.1, every: 2}}"]},
+    # the guided set without the confidence filter, which scores with the classifier whose loss feedback raised
+    # (it rejected 88-90 % of the guided set); the set itself is the `feedback` run's, copied
+    "feedback-nd": {"arms": [arm(BASELINE, synthetic=False), arm("feedback-nd")],
+                    "set": [f"generator.params.feedback={{classifier: {BASELINE}, criterion: loss, scale: 0.1, every: 2}}",
+                            "filters=[{name: near-duplicate}]"], "set_from": "feedback"},
     "translate": {"arms": [arm(BASELINE, synthetic=False), arm("translate-hard"),
                            arm("translate-soft", translation_labels={"mode": "soft", "gamma": 0.5})],
                   "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7"]},
@@ -113,6 +120,10 @@ def share_from_base(base: Path, run: Path, lever: str) -> None:
     for rel in SHARED + ([] if resamples else SAME_SET):
         if (base / rel).is_dir() and not (run / rel).exists():
             shutil.copytree(base / rel, run / rel, symlinks=True)
+    if "set_from" in LEVERS[lever]:  # the same resampled set as another lever's run (its fingerprint decides)
+        sibling = base.with_name(base.name.removesuffix("-base") + "-" + LEVERS[lever]["set_from"]) / "synthetic"
+        if sibling.is_dir() and not (run / "synthetic").exists():
+            shutil.copytree(sibling, run / "synthetic", symlinks=True)
 
 
 def per_seed(run: Path, name: str, shot_groups: dict) -> dict[int, dict[str, float]]:
