@@ -103,9 +103,9 @@ class SDText2ImgGenerator(Generator):
         if c is None or c.scale == 0:
             return None
         pipe = self.pipeline()
-        check_pipeline(pipe)
         key = (c.model_dump_json(), id(self.real), str(self.device))
-        if self._feedback_key != key:
+        if self._feedback_key != key:  # checked and loaded once per setting, not per batch
+            check_pipeline(pipe)
             self._feedback = FeedbackGuidance(c, self.schema, self.device, channels=pipe.vae.config.out_channels,
                                               real=self.real, generator=self.name)
             self._feedback_key = key
