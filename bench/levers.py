@@ -29,7 +29,7 @@ once per draw and every row is paired on the same classifier seeds:
 
 Extra ``--set`` overrides apply to every run. The compute-scaling curve trains the generator longer under another
 run name and keeps only ``best`` (the data, baseline and oracle are copied from the plain base run):
-``--levers base --suffix -s1000 --arms best --set generator.params.train_steps=1000``. Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
+``--levers base --suffix=-s1000 --arms best --set generator.params.train_steps=1000``. Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
 (means over draws of each term); the paired gain is the mean seed-by-seed difference ± its standard error.
 """
 
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", default="0,1")
     parser.add_argument("--levers", default="base,omega,feedback,translate,indist,tuned",
                         help="which runs (omega is an arm of base)")
-    parser.add_argument("--suffix", default="", help="a tag in the run names, e.g. for another generator budget")
+    parser.add_argument("--suffix", default="", help="a tag in the run names, e.g. for another generator budget (write --suffix=-s1000: a value starting with - needs the =)")
     parser.add_argument("--quick", action="store_true", help="a tiny budget: a smoke run of the whole path")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="classifier seeds (the protocol's 6 by default; fewer reuse as a prefix of them)")
