@@ -26,7 +26,8 @@ once per draw and every row is paired on the same classifier seeds:
   0.5 or 1 for many / medium / few) searched on the validation split, never test, for ``best`` (16 trials of
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
-- ``combo`` (``--levers combo --set ...``): any combination, given as overrides.
+- ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
+  from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
 Extra ``--set`` overrides apply to every run. The compute-scaling curve trains the generator longer under another
 run name and keeps only ``best`` (the data, baseline and oracle are copied from the plain base run):
@@ -117,7 +118,7 @@ def overrides(lever: str, draw: int, suffix: str, extra: list[str], quick: bool,
 
 def share_from_base(base: Path, run: Path, lever: str) -> None:
     """Copies the base run's reusable stages into ``run`` (once: a run that has them keeps its own)."""
-    resamples = any(o.startswith("generator.params.") for o in LEVERS[lever]["set"])
+    resamples = any(o.startswith("generator.params.") for o in LEVERS[lever]["set"]) or "set_from" in LEVERS[lever]
     for rel in SHARED + ([] if resamples else SAME_SET):
         if (base / rel).is_dir() and not (run / rel).exists():
             shutil.copytree(base / rel, run / rel, symlinks=True)
@@ -250,10 +251,15 @@ def main(argv=None) -> int:
                         help="only these arms of each run (comma-separated; the baseline always trains), e.g. "
                              "`best` for the compute-scaling curve")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--set-from", default=None, metavar="LEVER",
+                        help="combo only: start from that lever's run's synthetic set (give its generator overrides "
+                             "too, e.g. translate's, so the fingerprints match and the set is reused)")
     args = parser.parse_args(argv)
     draws = [int(d) for d in args.draws.split(",")]
     suffix = args.suffix + ("-quick" if args.quick else "")
     levers = [lv for lv in args.levers.split(",") if lv != "omega"]
+    if args.set_from:
+        LEVERS["combo"]["set_from"] = args.set_from
     root = Path(load_config(args.config).output_dir)
     if not args.table:
         for draw in draws:
