@@ -29,7 +29,7 @@ once per draw and every row is paired on the same classifier seeds:
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
   from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
-Extra ``--set`` overrides apply to every run. The compute-scaling curve trains the generator longer under another
+Extra ``--set`` overrides apply to every run asked for (to the base run only when ``base`` is among ``--levers``). The compute-scaling curve trains the generator longer under another
 run name and keeps only ``best`` (the data, baseline and oracle are copied from the plain base run):
 ``--levers base --suffix=-s1000 --arms best --set generator.params.train_steps=1000``. Gap closed = (arm − baseline) / (oracle − baseline), pooled over the draws
 (means over draws of each term); the paired gain is the mean seed-by-seed difference ± its standard error.
@@ -277,7 +277,10 @@ def main(argv=None) -> int:
                         return 1
                     print(f"[levers] draw {draw} tuned: {time.time() - start:.0f} s", flush=True)
                     continue
-                cfg = load_config(args.config, overrides(lever, draw, suffix, args.overrides, args.quick,
+                # the base run takes the extra overrides only when asked for (another generator budget): a
+                # lever's overrides must not redo the base run that every lever shares from
+                extra = args.overrides if lever != "base" or "base" in levers else []
+                cfg = load_config(args.config, overrides(lever, draw, suffix, extra, args.quick,
                                                          [int(s) for s in args.seeds.split(",")], only))
                 if lever != "base":
                     share_from_base(root / f"levers{suffix}-d{draw}-base", cfg.run_dir, lever)
