@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 
 from synthaug.errors import ConfigError, SettingError
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--study", help="study name (default: tune.study, else the experiment name)")
     p.add_argument("--n-trials", type=int, help="the study's global trial budget (sequential: per parameter)")
     p.add_argument("--threads", type=int, help="torch threads of this worker (default: tune.threads, else the "
-                                               "cores it may use / --local-workers)")
+                                               "cores it may use / --local-workers, at most OMP_NUM_THREADS)")
     p.add_argument("--local-workers", type=int, default=1,
                    help="workers started on this machine, to share its cores (default 1)")
     p.add_argument("--no-retrain", action="store_true",
@@ -35,8 +36,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-def worker_threads(requested: int | None, local_workers: int) -> int:
-    """Torch threads for one worker: as requested, else the cores this process may use / local workers."""
+def worker_threads(requested: int | None, local_workers: int, env: Mapping[str, str] = os.environ) -> int:
+    """Torch threads for one worker: as requested, else the cores this process may use / local workers, at most
+    ``OMP_NUM_THREADS`` where that is set (the per-process share a caller gave, as torch itself honours it: two
+    tune commands side by side with ``OMP_NUM_THREADS=1`` on 2 cores must not take 2 threads each)."""
     if requested is not None:
         if requested < 1:
             raise SettingError(f"--threads must be at least 1, got {requested}")
@@ -44,7 +47,9 @@ def worker_threads(requested: int | None, local_workers: int) -> int:
     if local_workers < 1:
         raise SettingError(f"--local-workers must be at least 1, got {local_workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // local_workers)
+    threads = max(1, cores // local_workers)
+    omp = env.get("OMP_NUM_THREADS", "").strip()
+    return min(threads, int(omp)) if omp.isdigit() and int(omp) >= 1 else threads
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
