@@ -122,6 +122,11 @@ def share_from_base(base: Path, run: Path, lever: str) -> None:
     for rel in SHARED + ([] if resamples else SAME_SET):
         if (base / rel).is_dir() and not (run / rel).exists():
             shutil.copytree(base / rel, run / rel, symlinks=True)
+    # seeds added later (``--seeds 0,...,5`` after a 3-seed run): the baseline's new seeds, trained by the base run
+    # just before, are copied seed by seed rather than retrained in every lever's run
+    for seed in sorted((base / "train" / BASELINE).glob("seed*/done.json")):
+        if not (run / "train" / BASELINE / seed.parent.name).exists():
+            shutil.copytree(seed.parent, run / "train" / BASELINE / seed.parent.name, symlinks=True)
     if "set_from" in LEVERS[lever]:  # the same resampled set as another lever's run (its fingerprint decides)
         sibling = base.with_name(base.name.removesuffix("-base") + "-" + LEVERS[lever]["set_from"]) / "synthetic"
         if sibling.is_dir() and not (run / "synthetic").exists():
