@@ -120,6 +120,23 @@ def test_trials_suggest_a_share_per_shot_group_and_train_on_it(tmp_path, monkeyp
     assert set(result.best_params) == keys
 
 
+def test_a_point_drawn_again_takes_the_earlier_trials_value_without_training(tmp_path, monkeypatch, capsys):
+    """TPE draws the same categorical point again (twice in 16 trials of the per-group search on MNIST-LT):
+    a trial on the same seed gives the same value, so it is not trained twice, and the repeat is said."""
+    seen = spy_on_training(monkeypatch)
+    raw = tiny(tmp_path, {"n_trials": 3, "synthetic_ratio": {"per": "group", "type": "categorical",
+                                                             "choices": [0.5]}})  # one point: every draw repeats
+    ctx, result = search(raw)
+    first, *repeats = load(ctx, "s").trials
+    assert len(seen) == 1 and "repeat_of" not in first.user_attrs
+    assert [t.user_attrs["repeat_of"] for t in repeats] == [0, 0]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and t.value == first.value for t in repeats)
+    assert result.best_trial == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("trial 2 COMPLETE" in line and "the point of trial 0: its value, not retrained" in line
+               for line in lines)
+
+
 def test_trials_can_search_one_float_share_per_class_and_the_best_is_retrained(tmp_path, monkeypatch):
     seen = spy_on_training(monkeypatch)
     raw = tiny(tmp_path, {"n_trials": 1, "synthetic_ratio": {"per": "class", "low": 0, "high": 1}})

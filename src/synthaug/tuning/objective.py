@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 from pydantic import ValidationError
 
 from synthaug.config import ArmConfig, ExperimentConfig
@@ -262,6 +263,10 @@ class TrialObjective:
         params = {**self.fixed, **{p: suggest(trial, p, tune.space[p]) for p in self.names}}
         trial.set_user_attr("fixed", self.fixed)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        earlier = completed_twin(trial, self.fixed)
+        if earlier is not None:  # every trial trains on the same seed: the same point gives the same value
+            trial.set_user_attr("repeat_of", earlier.number)
+            return float(earlier.value)
         try:
             train = self.ctx.train_config(params, tune.epochs)
         except SettingError as e:  # a combination that cannot train (e.g. a batch too small to mix): worst
@@ -291,6 +296,21 @@ class TrialObjective:
         if len(rows) < tune.epochs:
             raise RuntimeError(f"trial {trial.number} reported {len(rows)} of {tune.epochs} epochs")
         return objective_value(rows, tune)
+
+
+def completed_twin(trial: optuna.Trial, fixed: dict[str, Any]) -> FrozenTrial | None:
+    """The earliest complete trial of the study with ``trial``'s parameters (and the same held values), if any.
+
+    TPE draws a point it has drawn before, often on a small categorical space (the per-group ratios: 4 choices
+    for each of 3 groups); such a trial takes the earlier one's value instead of training again (the remedy
+    Optuna's maintainers give in optuna/optuna#2021). It still counts against ``n_trials``, so a search that
+    keeps drawing its best point ends rather than looping."""
+    from optuna.trial import TrialState
+
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == trial.params and t.user_attrs.get("fixed") == fixed:
+            return t
+    return None
 
 
 def trial_sampler(tune: TuneConfig, study_name: str, number: int) -> optuna.samplers.TPESampler:

@@ -149,7 +149,9 @@ def progress_line(study: optuna.Study, budget: int, trial: FrozenTrial | None = 
     head = f"[tune {study.study_name}]"
     if trial is not None:
         value = f" {trial.value:.4g}" if trial.value is not None else ""
-        head += f" trial {trial.number} {trial.state.name}{value} |"
+        repeat = trial.user_attrs.get("repeat_of")
+        again = f" (the point of trial {repeat}: its value, not retrained)" if repeat is not None else ""
+        head += f" trial {trial.number} {trial.state.name}{value}{again} |"
     best = _best(study)
     best_text = (f"best {best.value:.4g} (trial {best.number}: "
                  f"{', '.join(f'{k}={_short(v)}' for k, v in best.params.items())})" if best else "best: none yet")
