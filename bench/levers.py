@@ -26,6 +26,8 @@ once per draw and every row is paired on the same classifier seeds:
   0.5 or 1 for many / medium / few) searched on the validation split, never test, for ``best`` (16 trials of
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
+- ``translate-s0.5``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8 sampling steps) and 0.9
+  (7 of 8);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
   from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
@@ -80,6 +82,13 @@ LEVERS: dict[str, dict] = {
     "translate": {"arms": [arm(BASELINE, synthetic=False), arm("translate-hard"),
                            arm("translate-soft", translation_labels={"mode": "soft", "gamma": 0.5})],
                   "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7"]},
+    # the translation strength (0.7 above): 0.5 runs 4 of the 8 sampling steps and keeps more of the source image,
+    # 0.9 runs 7 and keeps less (Diff-Mix draws its strength from {0.5, 0.7, 0.9}); soft labels as translate-soft
+    **{f"translate-{tag}": {"arms": [arm(BASELINE, synthetic=False),
+                                     arm(f"translate-soft-{tag}", translation_labels={"mode": "soft", "gamma": 0.5})],
+                            "set": ["generator.params.translate_from=other-classes",
+                                    f"generator.params.strength={strength}"]}
+       for tag, strength in (("s0.5", 0.5), ("s0.9", 0.9))},
     "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
     # `synthaug tune` on the base run: the share of synthetic images per shot group searched on the validation
     # split (never test) for the `best` arm, then retrained as the arm tuned-best on every seed
