@@ -26,6 +26,7 @@ once per draw and every row is paired on the same classifier seeds:
   0.5 or 1 for many / medium / few) searched on the validation split, never test, for ``best`` (16 trials of
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
+- ``translate-nf``: ``translate-soft`` with the near-duplicate filter alone (Diff-Mix keeps every translation);
 - ``translate-s0.5``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8 sampling steps) and 0.9
   (7 of 8);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
@@ -82,6 +83,13 @@ LEVERS: dict[str, dict] = {
     "translate": {"arms": [arm(BASELINE, synthetic=False), arm("translate-hard"),
                            arm("translate-soft", translation_labels={"mode": "soft", "gamma": 0.5})],
                   "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7"]},
+    # Diff-Mix keeps every translation and lets the soft label carry the ambiguity; the confidence filter keeps a
+    # translation only when the classifier already reads it as its target (it rejected 95 % of the translated set):
+    # translate-soft on the same set with the near-duplicate filter alone
+    "translate-nf": {"arms": [arm(BASELINE, synthetic=False),
+                              arm("translate-soft-nf", translation_labels={"mode": "soft", "gamma": 0.5})],
+                     "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7",
+                             "filters=[{name: near-duplicate}]"], "set_from": "translate"},
     # the translation strength (0.7 above): 0.5 runs 4 of the 8 sampling steps and keeps more of the source image,
     # 0.9 runs 7 and keeps less (Diff-Mix draws its strength from {0.5, 0.7, 0.9}); soft labels as translate-soft
     **{f"translate-{tag}": {"arms": [arm(BASELINE, synthetic=False),
