@@ -191,7 +191,9 @@ def collect(root: Path, suffix: str, draws: list[int]) -> dict:
                     train_s = stage_seconds(run, [f"train/{a['name']}"])
                     gen_s = stage_seconds(run, ["generator"]) + stage_seconds(run, ["synthetic", "filter",
                                                                                  "filter-scores"])
-                    entry["arms"][a["name"]] = {"seeds": seeds, "train_s": train_s / len(seeds), "synth_s": gen_s}
+                    used = [read_json(p).get("synthetic", 0) for p in (run / "train" / a["name"]).glob("seed*/done.json")]
+                    entry["arms"][a["name"]] = {"seeds": seeds, "train_s": train_s / len(seeds), "synth_s": gen_s,
+                                                "synthetic_used": float(np.mean(used)) if used else 0.0}
         out[draw] = entry
     return out
 
@@ -202,8 +204,9 @@ def table(results: dict) -> str:
     names = sorted({a for entry in results.values() for a in entry["arms"]}, key=list(
         a["name"] for spec in LEVERS.values() for a in spec["arms"][1:]).index)
     lines = ["| arm | draws × seeds | overall | many | medium | few | paired gain overall | paired gain few | "
-             "gap closed overall / few | generator + sampling + filters s (per draw) | training s per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gap closed overall / few | synthetic images trained on (per draw) | "
+             "generator + sampling + filters s (per draw) | training s per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def mean_of(rows: list[dict[str, float]], col: str) -> float:
         return float(np.mean([r[col] for r in rows]))
@@ -211,11 +214,11 @@ def table(results: dict) -> str:
     baseline_rows = [m for e in results.values() for m in e["baseline"].values()]
     if baseline_rows:
         lines.append(f"| {BASELINE} (baseline) | {len(results)} × {len(baseline_rows) // max(len(results), 1)} | "
-                     + " | ".join(f"{100 * mean_of(baseline_rows, c):.1f}" for c in COLUMNS) + " | | | | | |")
+                     + " | ".join(f"{100 * mean_of(baseline_rows, c):.1f}" for c in COLUMNS) + " | | | | | | |")
     for name in names:
         pairs = {c: [] for c in COLUMNS}
         gaps = {c: [] for c in ("overall", "few")}
-        arm_rows, cost = [], []
+        arm_rows, cost, used = [], [], []
         for draw, e in results.items():
             a = e["arms"].get(name)
             if a is None:
@@ -230,6 +233,7 @@ def table(results: dict) -> str:
                     base = np.mean([e["baseline"][s][c] for s in common])
                     gaps[c].append((np.mean([a["seeds"][s][c] for s in common]) - base, e["oracle"][c] - base))
             cost.append((a["synth_s"], a["train_s"]))
+            used.append(a["synthetic_used"])
         if not arm_rows:
             continue
 
@@ -249,12 +253,12 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | {per_draw.count('/') + 1} × {per_draw} | "
                      + " | ".join(f"{100 * mean_of(arm_rows, c):.1f}" for c in COLUMNS)
                      + f" | {gain('overall')} | {gain('few')} | {closed('overall')} / {closed('few')} | "
-                     + f"{np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
+                     + f"{' / '.join(f'{u:,.0f}' for u in used)} | {np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
     oracles = [e["oracle"] for e in results.values() if e["oracle"]]
     if oracles:
         seeds = "/".join(str(e["oracle_seeds"]) for e in results.values() if e["oracle"])
         lines.append(f"| oracle (balanced real pool) | {len(oracles)} × {seeds} | "
-                     + " | ".join(f"{100 * np.mean([o[c] for o in oracles]):.1f}" for c in COLUMNS) + " | | | | | |")
+                     + " | ".join(f"{100 * np.mean([o[c] for o in oracles]):.1f}" for c in COLUMNS) + " | | | | | | |")
     return "\n".join(lines)
 
 
