@@ -27,6 +27,7 @@ once per draw and every row is paired on the same classifier seeds:
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
 - ``translate-nf``: ``translate-soft`` with the near-duplicate filter alone (Diff-Mix keeps every translation);
+- ``small``: ``best`` on a share of 0.075 of its set, as many images as the translated rows trained on;
 - ``translate-s0.5``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8 sampling steps) and 0.9
   (7 of 8);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
@@ -90,6 +91,10 @@ LEVERS: dict[str, dict] = {
                               arm("translate-soft-nf", translation_labels={"mode": "soft", "gamma": 0.5})],
                      "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7",
                              "filters=[{name: near-duplicate}]"], "set_from": "translate"},
+    # a size control for the translated rows: `best` on as few synthetic images as the confidence filter left of the
+    # translations (210 / 225 of ~2,830: a share of 0.075 of every class's filtered set)
+    "small": {"arms": [arm(BASELINE, synthetic=False),
+                       arm("best-small", synthetic_ratio={"many": 0.075, "medium": 0.075, "few": 0.075})], "set": []},
     # the translation strength (0.7 above): 0.5 runs 4 of the 8 sampling steps and keeps more of the source image,
     # 0.9 runs 7 and keeps less (Diff-Mix draws its strength from {0.5, 0.7, 0.9}); soft labels as translate-soft
     **{f"translate-{tag}": {"arms": [arm(BASELINE, synthetic=False),
