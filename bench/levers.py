@@ -112,7 +112,7 @@ TUNE = ("tune={arm: best, synthetic_ratio: {per: group, type: categorical, choic
 # what a lever's run reuses from the base run of its draw (copied before it runs; fingerprints decide reuse):
 # the data, the generator and the baseline (also the scoring and feedback classifier); the same synthetic set
 # and its filter scores where the lever does not resample
-SHARED = ["data", "generator", f"train/{BASELINE}"]
+SHARED = ["data", "generator"]
 SAME_SET = ["synthetic", "filter-scores"]
 
 
@@ -144,8 +144,8 @@ def share_from_base(base: Path, run: Path, lever: str) -> None:
     for rel in SHARED + ([] if resamples else SAME_SET):
         if (base / rel).is_dir() and not (run / rel).exists():
             shutil.copytree(base / rel, run / rel, symlinks=True)
-    # seeds added later (``--seeds 0,...,5`` after a 3-seed run): the baseline's new seeds, trained by the base run
-    # just before, are copied seed by seed rather than retrained in every lever's run
+    # the baseline seed by seed, so that seeds added later (``--seeds 0,...,5`` after a 3-seed run), trained by the
+    # base run just before, are copied rather than retrained in every lever's run
     for seed in sorted((base / "train" / BASELINE).glob("seed*/done.json")):
         if not (run / "train" / BASELINE / seed.parent.name).exists():
             shutil.copytree(seed.parent, run / "train" / BASELINE / seed.parent.name, symlinks=True)
@@ -196,7 +196,8 @@ def collect(root: Path, suffix: str, draws: list[int]) -> dict:
                     train_s = stage_seconds(run, [f"train/{a['name']}"])
                     gen_s = stage_seconds(run, ["generator"]) + stage_seconds(run, ["synthetic", "filter",
                                                                                  "filter-scores"])
-                    used = [read_json(p).get("synthetic", 0) for p in (run / "train" / a["name"]).glob("seed*/done.json")]
+                    used = [read_json(p).get("synthetic", 0)
+                            for p in (run / "train" / a["name"]).glob("seed*/done.json")]
                     entry["arms"][a["name"]] = {"seeds": seeds, "train_s": train_s / len(seeds), "synth_s": gen_s,
                                                 "synthetic_used": float(np.mean(used)) if used else 0.0}
         out[draw] = entry
@@ -258,7 +259,8 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | {per_draw.count('/') + 1} × {per_draw} | "
                      + " | ".join(f"{100 * mean_of(arm_rows, c):.1f}" for c in COLUMNS)
                      + f" | {gain('overall')} | {gain('few')} | {closed('overall')} / {closed('few')} | "
-                     + f"{' / '.join(f'{u:,.0f}' for u in used)} | {np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
+                     + f"{' / '.join(f'{u:,.0f}' for u in used)} | "
+                     + f"{np.mean([c[0] for c in cost]):.0f} | {np.mean([c[1] for c in cost]):.0f} |")
     oracles = [e["oracle"] for e in results.values() if e["oracle"]]
     if oracles:
         seeds = "/".join(str(e["oracle_seeds"]) for e in results.values() if e["oracle"])

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from synthaug.config import ArmConfig, ExperimentConfig
@@ -305,8 +305,6 @@ def completed_twin(trial: optuna.Trial, fixed: dict[str, Any]) -> FrozenTrial | 
     for each of 3 groups); such a trial takes the earlier one's value instead of training again (the remedy
     Optuna's maintainers give in optuna/optuna#2021). It still counts against ``n_trials``, so a search that
     keeps drawing its best point ends rather than looping."""
-    from optuna.trial import TrialState
-
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.number != trial.number and t.params == trial.params and t.user_attrs.get("fixed") == fixed:
             return t
@@ -326,8 +324,6 @@ class OverBudget(Exception):
 def over_budget(trial: optuna.Trial, budget: int) -> None:
     """Raises :class:`OverBudget` when ``budget`` trials before this one are finished, running or waiting: two
     workers that claim the last slot at once both see the other, and only the earlier trial number runs."""
-    from optuna.trial import TrialState
-
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     before = [t for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
     if len(before) >= budget:
