@@ -117,6 +117,24 @@ def test_near_duplicate_rejects_copies_keeps_them_on_disk_and_overgeneration_rea
     from synthaug.report.tables import filter_table
 
     assert "| 9 | 8 | 5 | 3 | 3 | 3 | 0 |" in filter_table(exp.dir)  # planned, rejected, kept, selected, target, short
+    assert not any("Warning" in line or "Note" in line for line in filter_table(exp.dir))  # every target reached
+
+
+@pytest.mark.slow
+def test_a_set_the_filters_left_short_of_its_plan_is_a_warning_in_both_reports(tmp_path):
+    # 6 images per class without over-generation: the copies (items 0, 2, 4) and the repeat (3) are rejected
+    exp = open_run(config(tmp_path, filters=[{"name": "near-duplicate"}]))
+    filter_stage(exp)
+    from synthaug.report.html import write_html_report
+    from synthaug.report.tables import filter_table
+
+    warning = ("The filters selected 4 of the 12 synthetic images the plan asked for (33 %); classes short: "
+               "0 (2 of 6), 9 (2 of 6). Arms with use_filters train on the selected images only. The near-duplicate "
+               "filter rejected 8 of the 12 generated images: raise plan.overgenerate (now 1)")
+    assert f"**Warning:** {warning}" in "\n".join(filter_table(exp.dir))
+    page = write_html_report(exp.dir).read_text()
+    assert 'id="filters"' in page and f"<b>Warning:</b> {warning}" in page
+    assert "<td>9</td><td>6</td><td>4</td><td>2</td><td>2</td><td>6</td><td>4</td>" in page  # the class's row
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import numpy as np
 from synthaug.report import plots
 from synthaug.report.results import seed_folders
 from synthaug.report.arms import HEADER, arm_rows, display_cells, fmt_pct, markdown
+from synthaug.report.tables import filter_columns, filter_shortfall, filter_summary
 from synthaug.utils import read_json
 
 CSS = """
@@ -118,6 +119,31 @@ def _data_section(page: _Page, stats: dict, sizes: dict, classes: list[str], cou
         body += page.figure(png, f"Real training images and the {sum(sc['synthetic'])} synthetic images added, per class "
                                  "(stacked, head → tail)")
     page.section("data", "Data", body)
+
+
+def _filters_section(page: _Page) -> None:
+    """Per class: generated, rejected by each filter, kept, selected (what arms with use_filters train on),
+    target and short; a warning first when the selected set falls short of the plan. Beyond 50 classes, the
+    short classes only (the whole table is filter/summary.csv)."""
+    summary = filter_summary(page.run_dir)
+    if summary is None:
+        return
+    warning = filter_shortfall(page.run_dir)
+    body = ""
+    if warning:
+        level, text = warning
+        body = f"<p class='{'skip' if level == 'Warning' else 'note'}'><b>{level}:</b> {html.escape(text)}</p>"
+    cols = filter_columns(summary)
+    rows = [r for r in summary["classes"] if r["planned"]]
+    note = "every class with a plan"
+    if len(summary["classes"]) > plots.MAX_LABELLED_CLASSES:
+        rows = sorted((r for r in rows if r["short"]), key=lambda r: -r["short"])[:page.top_k]
+        note = f"the {len(rows)} classes furthest short of their target (all classes: filter/summary.csv)"
+    body += _table(["class", *(c.replace("_", " ") for c in cols)], [[r["class"], *(r[c] for c in cols)] for r in rows])
+    body += (f"<p class='note'>Synthetic images per class, {note}: generated (the plan × plan.overgenerate), "
+             "rejected by each filter, kept by all, selected (the first target-many kept images of the class: what "
+             "arms with use_filters train on). Every decision and its reason: filter/decisions.jsonl.</p>")
+    page.section("filters", "Filters", body)
 
 
 def _arms_section(page: _Page, rows: list[dict]) -> None:
@@ -327,6 +353,7 @@ def write_html_report(run_dir: str | Path) -> Path:
     page.section("config", "Configuration", "<details><summary>config.resolved.yaml</summary><pre>"
                  + html.escape(resolved.read_text() if resolved.is_file() else "(missing)") + "</pre></details>")
     _data_section(page, stats, sizes, classes, counts)
+    _filters_section(page)
     rows = arm_rows(run_dir)
     if rows:
         _arms_section(page, rows)

@@ -79,17 +79,61 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def filter_table(run_dir: Path) -> list[str]:
-    """Markdown lines: kept / rejected per class per filter (``filter/summary.json``), or none without filters."""
+SHORT_CLASSES_SHOWN = 10
+LOUD_BELOW = 0.9  # a set that falls short by more than a tenth of its plan is a warning, less a note
+
+
+def filter_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``filter/summary.json`` of the run (per class: planned, rejected by each filter, kept, selected, target,
+    short), or None when the run has no filters."""
     path = Path(run_dir) / "filter" / "summary.json"
-    if not path.is_file():
+    return read_json(path) if path.is_file() else None
+
+
+def filter_columns(summary: dict[str, Any]) -> list[str]:
+    """The per-class columns of a filter summary, in table order."""
+    return ["planned", *[f"rejected_{n}" for n in summary["filters"]], "kept", "selected", "target", "short"]
+
+
+def filter_shortfall(run_dir: Path) -> tuple[str, str] | None:
+    """``("Warning", text)`` (``"Note"`` within a tenth of the plan) when the filters left the synthetic set short of its plan, or None when every class got its
+    target count: how many of the planned images arms with ``use_filters`` train on, the classes furthest short,
+    the filter that rejected most and what to change. A row of the arms table that trained on a small share of
+    its plan reads like a verdict on the generator; this says it is one on the filters."""
+    summary = filter_summary(run_dir)
+    if summary is None:
+        return None
+    rows = [r for r in summary["classes"] if r["target"]]
+    target, selected = sum(r["target"] for r in rows), sum(r["selected"] for r in rows)
+    if selected >= target:
+        return None
+    short = sorted((r for r in rows if r["short"] > 0), key=lambda r: (r["selected"] / r["target"], r["class"]))
+    listed = ", ".join(f"{r['class']} ({r['selected']} of {r['target']})" for r in short[:SHORT_CLASSES_SHOWN])
+    more = f" and {len(short) - SHORT_CLASSES_SHOWN} more" if len(short) > SHORT_CLASSES_SHOWN else ""
+    planned = sum(r["planned"] for r in summary["classes"])
+    rejected = {n: sum(r[f"rejected_{n}"] for r in summary["classes"]) for n in summary["filters"]}
+    worst = max(rejected, key=rejected.get)
+    overgenerate = run_config(run_dir).plan.overgenerate
+    level = "Warning" if selected < LOUD_BELOW * target else "Note"
+    return level, (f"The filters selected {selected:,} of the {target:,} synthetic images the plan asked for "
+            f"({100 * selected / target:.0f} %); classes short: {listed}{more}. Arms with use_filters train on the "
+            f"selected images only. The {worst} filter rejected {rejected[worst]:,} of the {planned:,} generated "
+            f"images: raise plan.overgenerate (now {overgenerate:g}), or loosen that filter where its reasons in "
+            "filter/decisions.jsonl are wrong.")
+
+
+def filter_table(run_dir: Path) -> list[str]:
+    """Markdown lines: kept / rejected per class per filter (``filter/summary.json``) and the shortfall warning,
+    or none without filters."""
+    summary = filter_summary(run_dir)
+    if summary is None:
         return []
-    summary = read_json(path)
-    cols = ["planned", *[f"rejected_{n}" for n in summary["filters"]], "kept", "selected", "target", "short"]
+    cols = filter_columns(summary)
+    warning = filter_shortfall(run_dir)
     lines = ["", "Filters (images per class; arms with use_filters train on the selected ones):", "",
              "| class | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {r['class']} | " + " | ".join(str(r[c]) for c in cols) + " |" for r in summary["classes"] if r["planned"]]
-    return lines
+    return lines + (["", f"**{warning[0]}:** {warning[1]}"] if warning else [])
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
