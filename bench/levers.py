@@ -26,10 +26,11 @@ once per draw and every row is paired on the same classifier seeds:
   0.5 or 1 for many / medium / few) searched on the validation split, never test, for ``best`` (16 trials of
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
-- ``translate-nf``: ``translate-soft`` with the near-duplicate filter alone (Diff-Mix keeps every translation);
+- ``translate-nf``: ``translate-soft`` with the near-duplicate filter alone (Diff-Mix keeps every translation),
+  and ``translate-soft-nf-g2`` with γ 2;
 - ``small``: ``best`` on a share of 0.075 of its set, as many images as the translated rows trained on;
-- ``translate-s0.5``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8 sampling steps) and 0.9
-  (7 of 8);
+- ``translate-s0.5``, ``translate-s0.8``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8
+  sampling steps), 0.8 (6 of 8) and 0.9 (7 of 8);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
   from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
@@ -87,8 +88,10 @@ LEVERS: dict[str, dict] = {
     # Diff-Mix keeps every translation and lets the soft label carry the ambiguity; the confidence filter keeps a
     # translation only when the classifier already reads it as its target (it rejected 95 % of the translated set):
     # translate-soft on the same set with the near-duplicate filter alone
+    # (γ 2: the target weight 0.7² = 0.49, half on the source class, nearer what most of the kept images show)
     "translate-nf": {"arms": [arm(BASELINE, synthetic=False),
-                              arm("translate-soft-nf", translation_labels={"mode": "soft", "gamma": 0.5})],
+                              arm("translate-soft-nf", translation_labels={"mode": "soft", "gamma": 0.5}),
+                              arm("translate-soft-nf-g2", translation_labels={"mode": "soft", "gamma": 2.0})],
                      "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7",
                              "filters=[{name: near-duplicate}]"], "set_from": "translate"},
     # a size control for the translated rows: `best` on as few synthetic images as the confidence filter left of the
@@ -101,7 +104,7 @@ LEVERS: dict[str, dict] = {
                                      arm(f"translate-soft-{tag}", translation_labels={"mode": "soft", "gamma": 0.5})],
                             "set": ["generator.params.translate_from=other-classes",
                                     f"generator.params.strength={strength}"]}
-       for tag, strength in (("s0.5", 0.5), ("s0.9", 0.9))},
+       for tag, strength in (("s0.5", 0.5), ("s0.8", 0.8), ("s0.9", 0.9))},
     "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
     # `synthaug tune` on the base run: the share of synthetic images per shot group searched on the validation
     # split (never test) for the `best` arm, then retrained as the arm tuned-best on every seed
