@@ -1,5 +1,5 @@
 """Stage records protect exactly what each stage depends on: sampling changes regenerate the set but keep the
-model, a growing plan reuses images, reporting and performance knobs invalidate nothing, changed data is
+model, a growing plan reuses images, reporting and performance knobs invalidate nothing, the judge retrains only for what it trains with, changed data is
 noticed, and a rejected re-run leaves the run folder as it was."""
 
 import json
@@ -36,6 +36,23 @@ def experiment(tmp_path, *overrides):
 
 def record(run, rel):
     return json.loads((run / rel / "done.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_judge_retrains_only_for_settings_it_trains_with(tmp_path):
+    from synthaug.runner.judge import judge_stage
+
+    judged = ["judge.enabled=true", "judge.epochs=1"]
+    first = judge_stage(experiment(tmp_path, *judged))
+    run = experiment(tmp_path).dir
+    weights = next((run / "judge" / "model").glob("*.safetensors"))
+    trained = weights.stat().st_mtime_ns
+    # the arms' epochs and loss: the judge trains judge.epochs with cross-entropy on real images only
+    assert judge_stage(experiment(tmp_path, *judged, "train.epochs=3", "train.loss=balanced-softmax")) == first
+    assert weights.stat().st_mtime_ns == trained and not list(run.glob("judge.stale-*"))
+    # the learning rate it trains with: redone (the old judge is deleted once the new one is complete)
+    judge_stage(experiment(tmp_path, *judged, "train.lr=0.002"))
+    assert weights.stat().st_mtime_ns != trained and not list(run.glob("judge.stale-*"))
 
 
 @pytest.mark.slow

@@ -20,12 +20,13 @@ def judge_stage(ctx: RunContext) -> dict | None:
     if not cfg.judge.enabled or not any(a.synthetic == "generated" for a in cfg.arms):
         return None
     synthetic_stage(ctx)
+    # the top-level training settings with the judge's own epochs, loss and mixing: what it trains with, so a
+    # change to train.epochs, loss or mixing (the arms') leaves the judge alone
+    tcfg = TrainConfig(**{**cfg.train.model_dump(), "epochs": cfg.judge.epochs, "loss": "ce", "mixing": "real-only"})
     parts = {"synthetic": ctx.synthetic_set_fp, "judge": cfg.judge.model_dump(),
-             "train": cfg.train.model_dump(mode="json", exclude=PERFORMANCE)}
+             "train": tcfg.model_dump(mode="json", exclude=PERFORMANCE)}
     with ctx.records.record("judge", parts, redo=True) as summary:
         if summary is not None:
-            tcfg = TrainConfig(**{**cfg.train.model_dump(), "epochs": cfg.judge.epochs, "loss": "ce",
-                                  "mixing": "real-only"})
             model = train_classifier(ctx.balanced_pool, None, tcfg, ctx.dir / "judge", device=ctx.device,
                                      seed=cfg.seed, progress=cfg.progress)
             synth = synthetic_images(ctx)
