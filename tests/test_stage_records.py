@@ -1,6 +1,6 @@
 """Stage records protect exactly what each stage depends on: sampling changes regenerate the set but keep the
-model, a growing plan reuses images, reporting and performance knobs invalidate nothing, the judge retrains only for what it trains with, changed data is
-noticed, and a rejected re-run leaves the run folder as it was."""
+model, a growing plan reuses images, reporting and performance knobs invalidate nothing, the judge retrains
+only for what it trains with, changed data is noticed, and a rejected re-run leaves the run folder as it was."""
 
 import json
 
