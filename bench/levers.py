@@ -305,8 +305,8 @@ def main(argv=None) -> int:
                     from synthaug.cli import main as cli
 
                     start = time.time()
-                    tuned = overrides("base", draw, suffix, args.overrides, args.quick,
-                                      [int(s) for s in args.seeds.split(",")], only)
+                    tuned = overrides("base", draw, suffix, args.overrides, args.quick,  # the tuned arm stays
+                                      [int(s) for s in args.seeds.split(",")], only and [*only, "best"])
                     tuned.append(TUNE.replace("n_trials: 16", "n_trials: 2").replace("epochs: 5", "epochs: 1")
                                  .replace("startup_trials: 8", "startup_trials: 1") if args.quick else TUNE)
                     if cli(["tune", args.config, *[x for o in tuned for x in ("--set", o)]]):
