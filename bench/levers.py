@@ -27,7 +27,7 @@ once per draw and every row is paired on the same classifier seeds:
   5 epochs: half the arm's, a cheaper proxy for the ranking), then the best trial retrained on every seed at the
   arm's 10 epochs as the arm ``tuned-best``;
 - ``translate-nf``: ``translate-soft`` with the near-duplicate filter alone (Diff-Mix keeps every translation),
-  and ``translate-soft-nf-g2`` with γ 2;
+  and ``translate-soft-nf-g2`` / ``-g4`` with γ 2 / 4;
 - ``small``: ``best`` on a share of 0.075 of its set, as many images as the translated rows trained on;
 - ``translate-s0.5``, ``translate-s0.8``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8
   sampling steps), 0.8 (6 of 8) and 0.9 (7 of 8);
@@ -88,10 +88,11 @@ LEVERS: dict[str, dict] = {
     # Diff-Mix keeps every translation and lets the soft label carry the ambiguity; the confidence filter keeps a
     # translation only when the classifier already reads it as its target (it rejected 95 % of the translated set):
     # translate-soft on the same set with the near-duplicate filter alone
-    # (γ 2: the target weight 0.7² = 0.49, half on the source class, nearer what most of the kept images show)
+    # (γ 2 and 4: the target weight 0.7² = 0.49 and 0.7⁴ = 0.24, nearer what most of the kept images show)
     "translate-nf": {"arms": [arm(BASELINE, synthetic=False),
                               arm("translate-soft-nf", translation_labels={"mode": "soft", "gamma": 0.5}),
-                              arm("translate-soft-nf-g2", translation_labels={"mode": "soft", "gamma": 2.0})],
+                              arm("translate-soft-nf-g2", translation_labels={"mode": "soft", "gamma": 2.0}),
+                              arm("translate-soft-nf-g4", translation_labels={"mode": "soft", "gamma": 4.0})],
                      "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.7",
                              "filters=[{name: near-duplicate}]"], "set_from": "translate"},
     # a size control for the translated rows: `best` on as few synthetic images as the confidence filter left of the
