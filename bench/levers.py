@@ -31,6 +31,8 @@ once per draw and every row is paired on the same classifier seeds:
 - ``small``: ``best`` on a share of 0.075 of its set, as many images as the translated rows trained on;
 - ``translate-s0.5``, ``translate-s0.8``, ``translate-s0.9``: ``translate-soft`` at strength 0.5 (4 of the 8
   sampling steps), 0.8 (6 of 8) and 0.9 (7 of 8);
+- ``relabel``: a control for ``translate-soft-nf-g4``'s label: the source images all but untranslated (strength
+  0.125, one step), unfiltered, with the same 0.24 on the target class (γ 0.686);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
   from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
@@ -106,6 +108,13 @@ LEVERS: dict[str, dict] = {
                             "set": ["generator.params.translate_from=other-classes",
                                     f"generator.params.strength={strength}"]}
        for tag, strength in (("s0.5", 0.5), ("s0.8", 0.8), ("s0.9", 0.9))},
+    # a control for the soft label itself: the real source images all but unchanged (strength 0.125: 1 of the 8
+    # steps, at the least noise), unfiltered, labelled 0.24 on the target class as translate-soft-nf-g4's are
+    # (0.125^0.686 = 0.7^4): what the label alone does, without the generator's image
+    "relabel": {"arms": [arm(BASELINE, synthetic=False),
+                         arm("relabel-ctl", translation_labels={"mode": "soft", "gamma": 0.686})],
+                "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.125",
+                        "filters=[]", "plan.overgenerate=1.0"]},
     "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
     # `synthaug tune` on the base run: the share of synthetic images per shot group searched on the validation
     # split (never test) for the `best` arm, then retrained as the arm tuned-best on every seed
