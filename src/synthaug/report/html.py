@@ -22,7 +22,7 @@ import numpy as np
 from synthaug.report import plots
 from synthaug.report.results import seed_folders
 from synthaug.report.arms import HEADER, arm_rows, display_cells, fmt_pct, markdown
-from synthaug.report.tables import filter_columns, filter_shortfall, filter_summary
+from synthaug.report.tables import filter_columns, filter_shortfall, filter_summary, furthest_short
 from synthaug.utils import read_json
 
 CSS = """
@@ -137,9 +137,10 @@ def _filters_section(page: _Page) -> None:
     rows = [r for r in summary["classes"] if r["planned"]]
     note = "every class with a plan"
     if len(summary["classes"]) > plots.MAX_LABELLED_CLASSES:
-        rows = sorted((r for r in rows if r["short"]), key=lambda r: -r["short"])[:page.top_k]
+        rows = furthest_short([r for r in rows if r["target"]])[:page.top_k]
         note = f"the {len(rows)} classes furthest short of their target (all classes: filter/summary.csv)"
-    body += _table(["class", *(c.replace("_", " ") for c in cols)], [[r["class"], *(r[c] for c in cols)] for r in rows])
+    body += _table(["class", *(c.replace("_", " ") for c in cols)],
+                   [[r["class"], *(r[c] for c in cols)] for r in rows])
     body += (f"<p class='note'>Synthetic images per class, {note}: generated (the plan × plan.overgenerate), "
              "rejected by each filter, kept by all, selected (the first target-many kept images of the class: what "
              "arms with use_filters train on). Every decision and its reason: filter/decisions.jsonl.</p>")

@@ -95,11 +95,16 @@ def filter_columns(summary: dict[str, Any]) -> list[str]:
     return ["planned", *[f"rejected_{n}" for n in summary["filters"]], "kept", "selected", "target", "short"]
 
 
+def furthest_short(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary rows of the classes short of their target, the smallest share of it selected first."""
+    return sorted((r for r in rows if r["short"] > 0), key=lambda r: (r["selected"] / r["target"], r["class"]))
+
+
 def filter_shortfall(run_dir: Path) -> tuple[str, str] | None:
-    """``("Warning", text)`` (``"Note"`` within a tenth of the plan) when the filters left the synthetic set short of its plan, or None when every class got its
-    target count: how many of the planned images arms with ``use_filters`` train on, the classes furthest short,
-    the filter that rejected most and what to change. A row of the arms table that trained on a small share of
-    its plan reads like a verdict on the generator; this says it is one on the filters."""
+    """``("Warning", text)`` when the filters left the synthetic set short of its plan (``"Note"`` within a tenth
+    of it), or None when every class got its target count. The text says how many of the planned images arms with
+    ``use_filters`` train on, the classes furthest short, the filter that rejected most and what to change: a row
+    of the arms table that trained on a small share of its plan reads like a verdict on the generator."""
     summary = filter_summary(run_dir)
     if summary is None:
         return None
@@ -107,7 +112,7 @@ def filter_shortfall(run_dir: Path) -> tuple[str, str] | None:
     target, selected = sum(r["target"] for r in rows), sum(r["selected"] for r in rows)
     if selected >= target:
         return None
-    short = sorted((r for r in rows if r["short"] > 0), key=lambda r: (r["selected"] / r["target"], r["class"]))
+    short = furthest_short(rows)
     listed = ", ".join(f"{r['class']} ({r['selected']} of {r['target']})" for r in short[:SHORT_CLASSES_SHOWN])
     more = f" and {len(short) - SHORT_CLASSES_SHOWN} more" if len(short) > SHORT_CLASSES_SHOWN else ""
     planned = sum(r["planned"] for r in summary["classes"])
@@ -115,11 +120,12 @@ def filter_shortfall(run_dir: Path) -> tuple[str, str] | None:
     worst = max(rejected, key=rejected.get)
     overgenerate = run_config(run_dir).plan.overgenerate
     level = "Warning" if selected < LOUD_BELOW * target else "Note"
-    return level, (f"The filters selected {selected:,} of the {target:,} synthetic images the plan asked for "
+    text = (f"The filters selected {selected:,} of the {target:,} synthetic images the plan asked for "
             f"({100 * selected / target:.0f} %); classes short: {listed}{more}. Arms with use_filters train on the "
             f"selected images only. The {worst} filter rejected {rejected[worst]:,} of the {planned:,} generated "
             f"images: raise plan.overgenerate (now {overgenerate:g}), or loosen that filter where its reasons in "
             "filter/decisions.jsonl are wrong.")
+    return level, text
 
 
 def filter_table(run_dir: Path) -> list[str]:

@@ -22,7 +22,8 @@ def judge_stage(ctx: RunContext) -> dict | None:
     synthetic_stage(ctx)
     # the top-level training settings with the judge's own epochs, loss and mixing: what it trains with, so a
     # change to train.epochs, loss or mixing (the arms') leaves the judge alone
-    tcfg = TrainConfig(**{**cfg.train.model_dump(), "epochs": cfg.judge.epochs, "loss": "ce", "mixing": "real-only"})
+    tcfg = TrainConfig(**{**cfg.train.model_dump(), "epochs": cfg.judge.epochs, "loss": "ce",
+                          "mixing": "real-only"})
     parts = {"synthetic": ctx.synthetic_set_fp, "judge": cfg.judge.model_dump(),
              "train": tcfg.model_dump(mode="json", exclude=PERFORMANCE)}
     with ctx.records.record("judge", parts, redo=True) as summary:
