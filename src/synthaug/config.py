@@ -256,9 +256,10 @@ class ExperimentConfig(_Strict):
         top_set = _fields_set(self.train)
         for i, arm in enumerate(self.arms):
             cfg = self.arm_train(arm, where=f"arms.{i}.train")
-            if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_COMPOSITIONS:
+            if arm.synthetic == "none" and cfg.mixing in SYNTHETIC_COMPOSITIONS and not cfg.relabel.weight:
                 raise SettingError(f"arms.{i} ({arm.name}): mixing {cfg.mixing!r} needs synthetic images; set "
-                                   "synthetic: generated or pseudo")
+                                   "synthetic: generated or pseudo (or train.relabel, stand-ins made from real "
+                                   "images)")
             # a setting this arm would silently ignore is an error where the arm sets it; a top-level one
             # only if no arm reads it
             bad = cfg.inapplicable(set(_flat_keys(arm.train)))

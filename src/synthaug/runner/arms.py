@@ -13,7 +13,7 @@ from synthaug.runner.filter import filtered_images
 from synthaug.runner.generate import synthetic_images, synthetic_stage
 from synthaug.runner.pseudo import pseudo_stage
 from synthaug.runner import train
-from synthaug.train.data import attach_translation_targets
+from synthaug.train.data import attach_translation_targets, with_stand_ins
 from synthaug.train.batch_composition import keep_by_share
 from synthaug.utils import write_json
 
@@ -22,9 +22,14 @@ log = logging.getLogger(__name__)
 
 def arm_synthetic(ctx: RunContext, arm: ArmConfig) -> LabeledImages | None:
     """The synthetic images ``arm`` trains on (made first when needed; with ``train.synthetic_ratio``, each class's
-    share of them), or None for a real-only arm."""
-    if arm.synthetic == "none":
-        return None
+    share of them; with ``train.relabel``, followed by the stand-ins made from real images of other classes), or
+    None for a real-only arm."""
+    images = None if arm.synthetic == "none" else _made_images(ctx, arm)
+    return with_stand_ins(images, ctx.splits.train, ctx.arm_train(arm).relabel, ctx.cfg.seed)
+
+
+def _made_images(ctx: RunContext, arm: ArmConfig) -> LabeledImages:
+    """The generated or pseudo-labelled images of ``arm`` (soft translation targets attached, ratio applied)."""
     if arm.synthetic == "generated":
         images, store = (filtered_images(ctx) if arm.use_filters else synthetic_images(ctx)), synthetic_stage(ctx)
     else:

@@ -25,15 +25,17 @@ def baseline_arm(cfg: ExperimentConfig) -> ArmConfig:
         StudySkipped: the config has no real-only arm.
     """
     name = cfg.evaluation.baseline_arm
-    real_only = [a for a in cfg.arms if a.synthetic == "none"]
+    # the studies add their own synthetic images to these settings: an arm with stand-ins (train.relabel) is not one
+    real_only = [a for a in cfg.arms if a.synthetic == "none" and not cfg.arm_train(a).relabel.weight]
     if name is not None:
         arm = next((a for a in cfg.arms if a.name == name), None)
-        if arm is None or arm.synthetic != "none":
-            raise SettingError(f"evaluation.baseline_arm {name!r} must name an arm with synthetic: none; such arms: "
-                               f"{[a.name for a in real_only]}.")
+        if arm not in real_only:
+            raise SettingError(f"evaluation.baseline_arm {name!r} must name an arm with synthetic: none and no "
+                               f"train.relabel; such arms: {[a.name for a in real_only]}.")
         return arm
     if not real_only:
-        raise StudySkipped("the config has no real-only arm (synthetic: none) to take training settings from")
+        raise StudySkipped("the config has no real-only arm (synthetic: none, no train.relabel) to take training "
+                           "settings from")
     return next((a for a in real_only if a.name == "real-ce"), real_only[0])
 
 

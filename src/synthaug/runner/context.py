@@ -434,6 +434,8 @@ class RunContext:
         shares = self.synthetic_shares(arm)
         if shares is not None:
             parts["synthetic_shares"] = shares.tolist()
+        if self.arm_train(arm).relabel.weight > 0:  # its stand-ins are drawn once per run seed
+            parts["relabel_seed"] = self.cfg.seed
         return parts
 
     def arm_fp(self, arm: ArmConfig, seed: int) -> str:

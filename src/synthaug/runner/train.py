@@ -52,10 +52,11 @@ def train_stage(ctx: RunContext, rel: str, parts: dict[str, Any], tcfg: TrainCon
 def train_arm(ctx: RunContext, arm: ArmConfig, seed: int, synthetic: LabeledImages | None = None) -> dict:
     """Stage ``train/<arm>/seed<k>``: the arm's classifier, trained on the training split plus ``synthetic`` (the
     images the arm's ``synthetic`` setting names; None for a real-only arm). Returns the stage's record."""
-    if (arm.synthetic == "none") != (synthetic is None):
-        raise SettingError(f"arm {arm.name!r} has synthetic: {arm.synthetic}, so it trains "
-                           f"{'on no' if arm.synthetic == 'none' else 'on'} synthetic images; pass "
-                           f"{'none' if arm.synthetic == 'none' else 'them'} (synthaug.runner.arms.train_arm "
+    takes = arm.synthetic != "none" or ctx.arm_train(arm).relabel.weight > 0
+    if takes == (synthetic is None):
+        raise SettingError(f"arm {arm.name!r} has synthetic: {arm.synthetic} and relabel weight "
+                           f"{ctx.arm_train(arm).relabel.weight}, so it trains {'on' if takes else 'on no'} "
+                           f"synthetic images; pass {'them' if takes else 'none'} (synthaug.runner.arms.train_arm "
                            "resolves them from the config).")
     rel = ctx.arm_rel(arm, seed)
     parts = ctx.arm_parts(arm, seed)

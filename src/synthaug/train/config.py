@@ -104,13 +104,27 @@ class TranslationLabels(BaseModel):
     gamma: float = Field(0.5, gt=0)  # γ of λ(s) = s^γ: below 1 gives the target class b more than s
 
 
+class Relabel(BaseModel):
+    """Real training images of other classes as extra, soft-labelled samples of the rarer classes: for each class
+    c, (target − n_c) images drawn from the training images of the other classes, each labelled
+    ``weight · onehot(c) + (1 − weight) · onehot(its own class)``. M2m's major-to-minor idea (Kim et al., CVPR
+    2020) without its translation, with a mixture label as Diff-Mix's; it needs no generator, only the training
+    split. The stand-ins join the arm's synthetic part: its mixing and ω apply to them, ``synthetic_ratio`` does
+    not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(0.0, ge=0, lt=1)  # class c's share of a stand-in's label; 0: off (1: a wrong label)
+    target: int | None = Field(None, ge=1)  # fill each class up to this many images; None: the largest class's count
+
+
 class TrainConfig(_WithAddedFields):
     # fields added after run folders were recorded, with the value that behaves as before they existed: at that
     # value a field is left out of every dump (so of the arm fingerprints, which hash model_dump), and earlier
     # train stages still match
     added_fields: ClassVar[dict[str, Any]] = {"synthetic_weight": 1.0,
                                               "translation_labels": {"mode": "hard", "gamma": 0.5},
-                                              "synthetic_ratio": None}
+                                              "synthetic_ratio": None, "relabel": {"weight": 0.0, "target": None}}
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: registered(LOSSES) = "ce"  # "ce", "weighted-ce" or "balanced-softmax"
@@ -163,6 +177,10 @@ class TrainConfig(_WithAddedFields):
     # subset (combined: fewer images in the pool; oversample-synthetic: real draws fill a class's missing synthetic
     # ones). None: every image. Tuned by tune.synthetic_ratio (synthaug.tuning.config)
     synthetic_ratio: dict[str, float] | None = None
+    # stand-ins for the rarer classes made from real images of the others, with soft labels (see Relabel); they
+    # join the synthetic part, so they need a mixing that trains on synthetic images (e.g. oversample-synthetic),
+    # and an arm with synthetic: none may then use one
+    relabel: Relabel = Field(default_factory=Relabel)
     # decoded, resized training images kept in memory per loading process, up to this many MB (the rest are
     # decoded when needed); 0: decode every time. Performance only.
     image_cache_mb: float = Field(2048.0, ge=0)
@@ -254,11 +272,17 @@ class TrainConfig(_WithAddedFields):
             "synthetic_weight": synthetic,
             "translation_labels": synthetic,
             "synthetic_ratio": synthetic,
+            "relabel": synthetic,
             "model.trainable_stages": (self.model.freeze == "all-but-last",
                                        f"applies to model.freeze all-but-last, but freeze is {self.model.freeze!r}"),
         }
         applies, needs = rules.get(name, (True, ""))
         return None if applies else needs
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether the synthetic part trains on soft targets (soft translation labels, or relabelled stand-ins)."""
+        return self.translation_labels.mode == "soft" or self.relabel.weight > 0
 
     @property
     def total_epochs(self) -> int:

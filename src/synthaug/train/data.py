@@ -4,6 +4,7 @@ and the soft targets of translated synthetic images (Diff-Mix)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,8 @@ from torchvision.transforms import v2
 
 from synthaug.data.schema import LabeledImages
 from synthaug.errors import SettingError
-from synthaug.train.config import TrainConfig
+from synthaug.train.config import Relabel, TrainConfig
+from synthaug.utils import derive_seed
 
 DEFAULT_CACHE_MB: float = TrainConfig.model_fields["image_cache_mb"].default
 
@@ -158,6 +160,82 @@ def attach_translation_targets(synthetic: LabeledImages, records: Iterable[dict[
         if soft[item_id] is not None:
             targets[i] = soft[item_id]
     return dataclasses.replace(synthetic, targets=targets)
+
+
+def relabelled_images(real: LabeledImages, *, weight: float, target: int | None, seed: int) -> LabeledImages:
+    """Stand-ins for the rarer classes made from real training images of the other classes (``train.relabel``,
+    :class:`synthaug.train.config.Relabel`): for each class c, ``target − n_c`` images drawn at random (seeded)
+    from the training images not of class c, without replacement while there are enough. Each is labelled c
+    (for batch composition) with the soft target ``weight · onehot(c) + (1 − weight) · onehot(source class)``.
+
+    Args:
+        real: the training split (single-label).
+        weight: class c's share of each stand-in's target, in (0, 1).
+        target: fill every class up to this many images; None: the largest class's count.
+        seed: the draw (the same for every classifier seed, like a synthetic set).
+
+    Returns:
+        The stand-ins, class by class, with :attr:`LabeledImages.targets`; ids ``relabel:<c>:<k>:<source id>``.
+
+    Raises:
+        SettingError: multi-label data (more than one label group), or a weight outside (0, 1).
+    """
+    if len(real.schema.groups) != 1:
+        raise SettingError(f"train.relabel applies to single-label data, but this data has "
+                           f"{len(real.schema.groups)} label groups; set train.relabel.weight: 0.")
+    if not 0 < weight < 1:
+        raise SettingError(f"train.relabel.weight must be in (0, 1), got {weight}.")
+    labels = real.labels[:, 0]
+    counts = real.class_counts()
+    fill = int(counts.max()) if target is None else target
+    rng = np.random.default_rng(seed)
+    sources, made = [], []
+    for c, n in enumerate(counts):
+        others = np.flatnonzero(labels != c)
+        k = max(fill - int(n), 0)
+        if k and len(others):
+            sources.append(rng.choice(others, size=k, replace=k > len(others)))
+            made.append(np.full(k, c))
+    src = np.concatenate(sources) if sources else np.zeros(0, dtype=np.int64)
+    made_labels = np.concatenate(made) if made else np.zeros(0, dtype=np.int64)
+    group = real.schema.group_sizes
+    targets = weight * one_hot_targets(made_labels, group) + (1 - weight) * one_hot_targets(labels[src], group)
+    picked = real.subset(src)
+    ids = [f"relabel:{c}:{k}:{real.ids[i]}" for k, (c, i) in enumerate(zip(made_labels.tolist(), src.tolist()))]
+    return dataclasses.replace(picked, labels=made_labels.reshape(-1, 1), ids=ids, captions=None,
+                               targets=targets.astype(np.float32))
+
+
+def with_stand_ins(images: LabeledImages | None, real: LabeledImages, relabel: Relabel,
+                   run_seed: int) -> LabeledImages | None:
+    """``images`` (an arm's synthetic images, or None) followed by ``train.relabel``'s stand-ins made from
+    ``real`` (:func:`relabelled_images`, drawn once per run seed); ``images`` alone when relabel is off."""
+    if relabel.weight <= 0:
+        return images
+    stand_ins = relabelled_images(real, weight=relabel.weight, target=relabel.target,
+                                  seed=derive_seed(run_seed, "relabel"))
+    return stand_ins if images is None else joined_images([images, stand_ins])
+
+
+def joined_images(parts: Sequence[LabeledImages]) -> LabeledImages:
+    """One set of the images of ``parts`` (of one label schema and image mode), in order, whatever each holds
+    (files, arrays, decoders); every part's soft targets, or its one-hot, where any part has targets."""
+    first = parts[0]
+    if all(p.paths is not None for p in parts):
+        store = {"paths": [q for p in parts for q in p.paths]}
+    elif all(p.pixels is not None and p.pixels.dtype != object and p.pixels.shape[1:] == first.pixels.shape[1:]
+             for p in parts):
+        store = {"pixels": np.concatenate([p.pixels for p in parts])}
+    else:  # mixed storage: one decoder per image (LabeledImages.image calls it)
+        decoders = [functools.partial(p.image, j) for p in parts for j in range(len(p))]
+        store = {"pixels": np.empty(len(decoders), dtype=object)}
+        store["pixels"][:] = decoders
+    targets = None
+    if any(p.targets is not None for p in parts):
+        targets = np.concatenate([p.targets if p.targets is not None
+                                  else one_hot_targets(p.labels, p.schema.group_sizes) for p in parts])
+    return LabeledImages(first.schema, np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids],
+                         mode=first.mode, origin=first.origin, targets=targets, **store)
 
 
 def seeded_batches(batches: list[np.ndarray], seed: int) -> list[list[tuple[int, int]]]:

@@ -114,8 +114,9 @@ def train_classifier(
     workers by (seed, epoch), so neither the resume point nor ``num_workers`` changes the result.
 
     With ``train.synthetic_weight`` ω ≠ 1 every synthetic image's loss is multiplied by ω; with
-    ``train.translation_labels.mode: soft`` the synthetic images train on their soft targets
-    (:attr:`LabeledImages.targets`, set by :func:`synthaug.train.data.attach_translation_targets`).
+    ``train.translation_labels.mode: soft`` or ``train.relabel`` the synthetic images train on their soft targets
+    (:attr:`LabeledImages.targets`, set by :func:`synthaug.train.data.attach_translation_targets` and
+    :func:`synthaug.train.data.relabelled_images`).
 
     Logs the trainable / total parameter counts at the start (and saves them in ``model/classifier.json``);
     writes ``prior.json`` (the class prior of weighted-ce / balanced-softmax, per phase) and ``curves.csv`` /
@@ -132,14 +133,19 @@ def train_classifier(
         The trained model (eval mode).
 
     Raises:
-        SettingError: ``translation_labels.mode: soft`` with synthetic images that carry no soft targets.
+        SettingError: soft targets asked for (``translation_labels.mode: soft``, ``relabel``) but the synthetic
+            images carry none.
     """
     workdir, device = Path(workdir), processes.device(torch.device(device))
-    soft = cfg.translation_labels.mode == "soft"
+    soft = cfg.soft_targets
     if soft and synthetic is not None and len(synthetic) and synthetic.targets is None:
-        raise SettingError("train.translation_labels.mode is 'soft', but the synthetic images carry no soft targets; "
-                           "load them through synthaug.train.data.attach_translation_targets (with the store's "
-                           "manifest records), or set translation_labels.mode: hard.")
+        if cfg.translation_labels.mode == "soft":
+            raise SettingError("train.translation_labels.mode is 'soft', but the synthetic images carry no soft "
+                               "targets; load them through synthaug.train.data.attach_translation_targets (with the "
+                               "store's manifest records), or set translation_labels.mode: hard.")
+        raise SettingError(f"train.relabel.weight is {cfg.relabel.weight}, but the synthetic images carry no soft "
+                           "targets; add the stand-ins with synthaug.train.data.with_stand_ins (which gives every "
+                           "image its target), or set relabel.weight: 0.")
     main = processes.is_main
     seed_everything(seed)
     precision = resolve_precision(cfg.precision, device, what="train.precision")

@@ -33,6 +33,7 @@ from synthaug.data.stats import ShotThresholds
 from synthaug.errors import SettingError
 from synthaug.train import checkpoint
 from synthaug.train.config import REAL_ONLY, TrainConfig
+from synthaug.train.data import with_stand_ins
 from synthaug.train.batch_composition import SHOT_GROUPS, class_shares, keep_by_share
 from synthaug.tuning.config import MAIN_SET, RATIO, ParamSpec, TuneConfig
 from synthaug.utils import derive_seed
@@ -216,9 +217,18 @@ class TuneContext:
             self._sets = self.make_sets(names)
 
     def synthetic_for(self, params: dict[str, Any], train: TrainConfig) -> tuple[LabeledImages | None, Any]:
-        """(the synthetic images a trial with ``params`` trains on, or None; what identifies them)."""
-        if self.arm.synthetic == "none" or train.mixing in REAL_ONLY:
+        """(the synthetic images a trial with ``params`` trains on, or None; what identifies them): the arm's
+        synthetic images, then ``train.relabel``'s stand-ins where the trial's mixing trains on synthetic images."""
+        if train.mixing in REAL_ONLY:
             return None, None
+        images, identity = (None, None) if self.arm.synthetic == "none" else self._made_for(params, train)
+        if train.relabel.weight > 0:
+            images = with_stand_ins(images, self.real, train.relabel, self.cfg.seed)
+            identity = [identity, "relabel", train.relabel.model_dump()]
+        return images, identity
+
+    def _made_for(self, params: dict[str, Any], train: TrainConfig) -> tuple[LabeledImages, Any]:
+        """The generated (or pseudo-labelled) images a trial trains on, and what identifies them."""
         if not self._sets:
             self.prepare_sets()
         name = params.get("synthetic.set", MAIN_SET)
