@@ -33,6 +33,8 @@ once per draw and every row is paired on the same classifier seeds:
   sampling steps), 0.8 (6 of 8) and 0.9 (7 of 8);
 - ``relabel``: a control for ``translate-soft-nf-g4``'s label: the source images all but untranslated (strength
   0.125, one step), unfiltered, with the same 0.24 on the target class (γ 0.686);
+- ``relabel-train``: the same label as a train option (``train.relabel``, no generator): ``relabel-only`` and
+  ``best-relabel`` (the stand-ins on top of ``best``'s filtered set);
 - ``combo`` (``--levers combo --set ...``): any combination, given as overrides (``--set-from translate`` starts
   from that lever's synthetic set; an ``arms=[...]`` override names the arm ``combo``).
 
@@ -115,6 +117,13 @@ LEVERS: dict[str, dict] = {
                          arm("relabel-ctl", translation_labels={"mode": "soft", "gamma": 0.686})],
                 "set": ["generator.params.translate_from=other-classes", "generator.params.strength=0.125",
                         "filters=[]", "plan.overgenerate=1.0"]},
+    # the same label as a train option (train.relabel), with no generator at all: real images of other classes
+    # as stand-ins for each class, 0.24 on the class they stand in for; alone (the baseline's oversampling, the
+    # stand-ins as its synthetic part) and on top of `best`'s filtered set (does the generator add to the label?)
+    "relabel-train": {"arms": [arm(BASELINE, synthetic=False),
+                               arm("relabel-only", synthetic=False, mixing="oversample-synthetic",
+                                   relabel={"weight": 0.24}),
+                               arm("best-relabel", relabel={"weight": 0.24})], "set": []},
     "combo": {"arms": [arm(BASELINE, synthetic=False), arm("combo")], "set": []},
     # `synthaug tune` on the base run: the share of synthetic images per shot group searched on the validation
     # split (never test) for the `best` arm, then retrained as the arm tuned-best on every seed
