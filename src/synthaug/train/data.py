@@ -202,7 +202,7 @@ def relabelled_images(real: LabeledImages, *, weight: float, target: int | None,
     targets = weight * one_hot_targets(made_labels, group) + (1 - weight) * one_hot_targets(labels[src], group)
     picked = real.subset(src)
     ids = [f"relabel:{c}:{k}:{real.ids[i]}" for k, (c, i) in enumerate(zip(made_labels.tolist(), src.tolist()))]
-    return dataclasses.replace(picked, labels=made_labels.reshape(-1, 1), ids=ids, captions=None,
+    return dataclasses.replace(picked, labels=made_labels.reshape(-1, 1), ids=ids, captions=None, skipped=[],
                                targets=targets.astype(np.float32))
 
 
