@@ -135,6 +135,8 @@ TUNE = ("tune={arm: best, synthetic_ratio: {per: group, type: categorical, choic
 # the data, the generator and the baseline (also the scoring and feedback classifier); the same synthetic set
 # and its filter scores where the lever does not resample
 SHARED = ["data", "generator"]
+# arms that train on no generated image (the run may still hold a generator for its other arms): no generator cost
+NO_GENERATOR = {"relabel-only"}
 SAME_SET = ["synthetic", "filter-scores"]
 
 
@@ -216,8 +218,8 @@ def collect(root: Path, suffix: str, draws: list[int]) -> dict:
                 seeds = per_seed(run, a["name"], shot_groups)
                 if seeds:
                     train_s = stage_seconds(run, [f"train/{a['name']}"])
-                    gen_s = stage_seconds(run, ["generator"]) + stage_seconds(run, ["synthetic", "filter",
-                                                                                 "filter-scores"])
+                    gen_s = 0.0 if a["name"] in NO_GENERATOR else (
+                        stage_seconds(run, ["generator"]) + stage_seconds(run, ["synthetic", "filter", "filter-scores"]))
                     used = [read_json(p).get("synthetic", 0)
                             for p in (run / "train" / a["name"]).glob("seed*/done.json")]
                     entry["arms"][a["name"]] = {"seeds": seeds, "train_s": train_s / len(seeds), "synth_s": gen_s,
